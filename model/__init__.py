@@ -1,0 +1,1 @@
+"""avmatch models: networks, losses, trainer and evaluation."""

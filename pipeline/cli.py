@@ -1,0 +1,34 @@
+"""The ``avmatch`` command line: one sub-command per pipeline stage.
+
+Stage modules keep heavy imports (torch, timm, opensmile) inside their functions, so
+``avmatch --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from pipeline import acquire, manifest, synth
+
+app = typer.Typer(help="Voice-face cross-modal matching pipeline (AML, P2VANet).",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.callback()
+def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    """Voice-face cross-modal matching pipeline. Run the stages in order, or use ``dvc repro``."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# Stages in pipeline order. Each module exposes ``cli``, a typer command function.
+app.command("synth", help=synth.cli.__doc__)(synth.cli)
+app.command("acquire", help=acquire.cli.__doc__)(acquire.cli)
+app.command("manifest", help=manifest.cli.__doc__)(manifest.cli)
+# -- later stages register here, in pipeline order --
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -10,7 +10,17 @@ import logging
 
 import typer
 
-from pipeline import acquire, manifest, synth
+from pipeline import (
+    acquire,
+    audio_attributes,
+    face_attributes,
+    face_attributes_train,
+    faces,
+    manifest,
+    spectrograms,
+    synth,
+    tuples,
+)
 
 app = typer.Typer(help="Voice-face cross-modal matching pipeline (AML, P2VANet).",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -28,6 +38,12 @@ app.command("synth", help=synth.cli.__doc__)(synth.cli)
 app.command("acquire", help=acquire.cli.__doc__)(acquire.cli)
 app.command("manifest", help=manifest.cli.__doc__)(manifest.cli)
 # -- later stages register here, in pipeline order --
+app.command("spectrograms", help=spectrograms.cli.__doc__)(spectrograms.cli)
+app.command("faces", help=faces.cli.__doc__)(faces.cli)
+app.command("audio_attributes", help=audio_attributes.cli.__doc__)(audio_attributes.cli)
+app.command("face_attributes_train", help=face_attributes_train.cli.__doc__)(face_attributes_train.cli)
+app.command("face_attributes", help=face_attributes.cli.__doc__)(face_attributes.cli)
+app.command("tuples", help=tuples.cli.__doc__)(tuples.cli)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,6 +12,20 @@ VOX1_META = "voxceleb1/vox1_meta.csv"
 VOX1_WAV = "voxceleb1/wav"
 VOX1_FACES = "voxceleb1/unzippedFaces"
 VOX1_META_HEADER = ("VoxCeleb1 ID", "VGGFace1 ID", "Gender", "Nationality", "Set")
+# VGGFace (v1) with VoxCeleb1 audio: files/<Name>.txt lists, images/<Name>/<id>.jpg
+VOX1_VGGFACE = "voxceleb1/vggface"
+VOX1_VGGFACE_LISTS = "voxceleb1/vggface/files"
+VOX1_VGGFACE_IMAGES = "voxceleb1/vggface/images"
+VGGFACE_LIST_COLUMNS = ("id", "url", "left", "top", "right", "bottom", "pose",
+                        "detection_score", "curation")
+
+# VoxCeleb2 + VGGFace2
+VOX2_META = "voxceleb2/vox2_meta.csv"
+VOX2_META_HEADER = ("VoxCeleb2 ID", "VGGFace2 ID", "Gender", "Set")
+VOX2_AAC_DIRS = ("voxceleb2/aac", "voxceleb2/dev/aac", "voxceleb2/test/aac")
+VGGFACE2 = "voxceleb2/vggface2"
+VGGFACE2_META = "voxceleb2/vggface2/identity_meta.csv"
+VGGFACE2_SPLITS = ("train", "test")
 
 CELEBA = "celeba"
 CELEBA_IMAGES = "celeba/img_align_celeba"

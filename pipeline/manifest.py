@@ -41,7 +41,7 @@ class ManifestConfig:
     seed: int = 0
     expected_sample_rate: int = 16000
     expected_channels: int = 1
-    min_face_size: int = 16
+    min_face_size: int = 32
     workers: int = 0
     max_reject_fraction: float = 0.05
 

@@ -148,3 +148,6 @@ def scan_voxceleb1(root: Path, rejects: Rejects) -> Scan:
     audio = scan_audio_tree(root, L.VOX1_WAV, known, rejects)
     faces = scan_facetracks(root, L.VOX1_FACES, by_name, rejects)
     return Scan(identities, audio, faces)
+
+
+from pipeline import scan_real  # noqa: E402,F401  (registers the real-data layouts)

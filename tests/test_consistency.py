@@ -22,6 +22,12 @@ SECTIONS = {
     "data": "pipeline.acquire:DataConfig",
     "synth": "pipeline.synth:SynthConfig",
     "manifest": "pipeline.manifest:ManifestConfig",
+    "spectrograms": "pipeline.spectrograms:SpectrogramConfig",
+    "faces": "pipeline.faces:FacesConfig",
+    "audio_attributes": "pipeline.audio_attributes:AudioAttributesConfig",
+    "face_attributes_train": "pipeline.face_attributes_train:FaceAttributesTrainConfig",
+    "face_attributes": "pipeline.face_attributes:FaceAttributesConfig",
+    "tuples": "pipeline.tuples:TuplesConfig",
 }
 # CLI commands that are tools rather than DVC stages
 NOT_STAGES = {"synth"}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import FrozenInstanceError, dataclass
 from pathlib import Path
 
 import polars as pl
@@ -34,8 +34,8 @@ def test_build_converts_and_rejects_unknown_keys(tmp_path: Path) -> None:
     params.write_text("demo:\n  size: 7\nother: {}\n")
     assert from_params(Demo, params, "demo").size == 7
     assert from_params(Demo, params, "missing") == Demo()
-    with pytest.raises(Exception):
-        cfg.size = 2  # frozen
+    with pytest.raises(FrozenInstanceError):
+        cfg.size = 2  # type: ignore[misc]
 
 
 def test_atomic_file_only_replaces_on_success(tmp_path: Path) -> None:

@@ -136,18 +136,24 @@ def scan_facetracks(root: Path, rel: str, by_name: dict[str, str], rejects: Reje
     return items
 
 
-@layout("voxceleb1")
-def scan_voxceleb1(root: Path, rejects: Rejects) -> Scan:
-    """VoxCeleb1 audio + face tracks: ``voxceleb1/{vox1_meta.csv,wav,unzippedFaces}``."""
+def scan_vox1_audio(root: Path, rejects: Rejects) -> tuple[Scan, dict[str, str]]:
+    """VoxCeleb1 metadata and audio; returns the scan (no faces yet) and the name -> id map."""
     meta = root / L.VOX1_META
     if not meta.is_file():
-        raise FileNotFoundError(f"{meta} not found: is {root} a VoxCeleb1 tree (see README, Real data)?")
+        raise FileNotFoundError(f"{meta} not found: is {root} a VoxCeleb1 tree "
+                                "(see docs/real-data.md)?")
     identities = read_vox1_meta(meta, rejects)
     known = {row["id"] for row in identities}
     by_name = {name_key(row["name"]): row["id"] for row in identities}
-    audio = scan_audio_tree(root, L.VOX1_WAV, known, rejects)
-    faces = scan_facetracks(root, L.VOX1_FACES, by_name, rejects)
-    return Scan(identities, audio, faces)
+    return Scan(identities, scan_audio_tree(root, L.VOX1_WAV, known, rejects)), by_name
+
+
+@layout("voxceleb1")
+def scan_voxceleb1(root: Path, rejects: Rejects) -> Scan:
+    """VoxCeleb1 audio + face tracks: ``voxceleb1/{vox1_meta.csv,wav,unzippedFaces}``."""
+    found, by_name = scan_vox1_audio(root, rejects)
+    found.faces = scan_facetracks(root, L.VOX1_FACES, by_name, rejects)
+    return found
 
 
 from pipeline import scan_real  # noqa: E402,F401  (registers the real-data layouts)

@@ -31,8 +31,8 @@ from pipeline.scan import (
     _sorted_files,
     layout,
     name_key,
-    read_vox1_meta,
     scan_audio_tree,
+    scan_vox1_audio,
 )
 
 log = logging.getLogger(__name__)
@@ -215,15 +215,9 @@ def scan_vggface1(root: Path, by_name: dict[str, str], rejects: Rejects,
 
 
 def _scan_vox1_vggface(root: Path, rejects: Rejects, curated_only: bool) -> Scan:
-    meta = root / L.VOX1_META
-    if not meta.is_file():
-        raise FileNotFoundError(f"{meta} not found: is {root} a VoxCeleb1 tree (see docs/real-data.md)?")
-    identities = read_vox1_meta(meta, rejects)
-    known = {row["id"] for row in identities}
-    by_name = {name_key(row["name"]): row["id"] for row in identities}
-    audio = scan_audio_tree(root, L.VOX1_WAV, known, rejects)
-    faces = scan_vggface1(root, by_name, rejects, curated_only)
-    return Scan(identities, audio, faces)
+    found, by_name = scan_vox1_audio(root, rejects)
+    found.faces = scan_vggface1(root, by_name, rejects, curated_only)
+    return found
 
 
 @layout("vggface1")

@@ -56,6 +56,8 @@ STORE_FILE = "spectrograms.h5"
 REJECTS_FILE = "spectrograms_rejects.parquet"
 SUMMARY_FILE = "spectrograms_summary.json"
 FORMAT_VERSION = 1
+CHUNK_CACHE_BYTES = 1 << 20  # HDF5 chunk cache per dataset
+BLOCK_CHUNKS = 8  # HDF5 chunks per write of spectrogram frames
 INDEX_CHUNK = 1024  # HDF5 chunk length of the ids/offsets/durations datasets
 TASK_SIZE = 8  # clips per pool task: the per-clip work is a few ms, so batch the messages
 AMIN = 1e-5  # amplitude floor before log10, as librosa.amplitude_to_db
@@ -179,52 +181,73 @@ def _append(dataset: Any, values: np.ndarray) -> None:
 class SpectrogramWriter:
     """Streams time-major float16 spectrograms and their index into a chunked HDF5 file.
 
-    Memory stays bounded: spectrograms are buffered up to ``8 * chunk_frames`` frames and the
-    index (``ids``, ``offsets``, ``durations``) up to ``INDEX_CHUNK`` items before each write.
-    ``libver="latest"`` gives extensible-array chunk indexes, whose in-memory metadata does not
-    grow with the number of chunks appended (the HDF5 1.8 B-tree index does).
+    Memory stays bounded and steady: frames are copied into one preallocated block of
+    ``BLOCK_CHUNKS`` chunks that is written whenever it fills (so every write covers whole,
+    aligned chunks), and the index (``ids``, ``offsets``, ``durations``) is written every
+    ``INDEX_CHUNK`` items. ``libver="latest"`` gives extensible-array chunk indexes, whose
+    in-memory metadata does not grow with the number of chunks (the HDF5 1.8 B-tree's does).
     """
 
-    def __init__(self, path: Path, cfg: SpectrogramConfig) -> None:
+    def __init__(self, path: Path, cfg: SpectrogramConfig, id_bytes: int = 64) -> None:
         import h5py
 
         self.cfg = cfg
-        self.file = h5py.File(path, "w", libver="latest")
+        # An explicit chunk-cache size: with h5py's default, written chunks were seen to pile up.
+        self.file = h5py.File(path, "w", libver="latest", rdcc_nbytes=CHUNK_CACHE_BYTES)
         grow = {"maxshape": (None,), "chunks": (INDEX_CHUNK,), "track_times": False}
         self.data = self.file.create_dataset(
             "data", shape=(0, cfg.n_bins), maxshape=(None, cfg.n_bins), dtype="f2",
             chunks=(cfg.chunk_frames, cfg.n_bins), track_times=False)
-        self.ids = self.file.create_dataset("ids", shape=(0,), dtype=h5py.string_dtype("utf-8"), **grow)
+        # Fixed-length UTF-8 bytes: variable-length strings live in HDF5's global heap, whose
+        # cached collections grow with the number of items written.
+        self.ids = self.file.create_dataset("ids", shape=(0,), dtype=f"S{max(1, id_bytes)}", **grow)
         self.offsets = self.file.create_dataset("offsets", data=np.zeros(1, np.int64), **grow)
         self.durations = self.file.create_dataset("durations", shape=(0,), dtype="f4", **grow)
-        self.pending: list[tuple[str, np.ndarray, float]] = []
-        self.buffered = 0
+        self.block = np.empty((BLOCK_CHUNKS * cfg.chunk_frames, cfg.n_bins), dtype=np.float16)
+        self.filled = 0
+        self.index: list[tuple[str, int, float]] = []  # (id, end offset, seconds) not yet written
         self.n_items = self.frames_total = self.shorter_than_crop = 0
         self.seconds = 0.0
         self.hasher = hashlib.sha256()
 
     def add(self, uid: str, spec: np.ndarray, seconds: float) -> None:
-        self.pending.append((uid, spec, seconds))
-        self.buffered += spec.shape[0]
-        if self.buffered >= 8 * self.cfg.chunk_frames or len(self.pending) >= INDEX_CHUNK:
-            self.flush()
+        """Append one utterance's ``(frames, n_bins)`` spectrogram."""
+        self._put(spec)
+        self.frames_total += spec.shape[0]
+        self.shorter_than_crop += int(spec.shape[0] < self.cfg.frames)
+        self.n_items += 1
+        self.seconds += seconds
+        self.hasher.update(uid.encode() + b"\n")
+        self.index.append((uid, self.frames_total, seconds))
+        if len(self.index) >= INDEX_CHUNK:
+            self._write_index()
+
+    def _put(self, spec: np.ndarray) -> None:
+        pos = 0
+        while pos < spec.shape[0]:
+            n = min(spec.shape[0] - pos, self.block.shape[0] - self.filled)
+            self.block[self.filled:self.filled + n] = spec[pos:pos + n]
+            self.filled += n
+            pos += n
+            if self.filled == self.block.shape[0]:
+                _append(self.data, self.block)
+                self.filled = 0
+
+    def _write_index(self) -> None:
+        if not self.index:
+            return
+        ids, ends, seconds = zip(*self.index, strict=True)
+        _append(self.ids, np.array([uid.encode("utf-8") for uid in ids], dtype=self.ids.dtype))
+        _append(self.offsets, np.asarray(ends, dtype=np.int64))
+        _append(self.durations, np.asarray(seconds, dtype=np.float32))
+        self.index = []
 
     def flush(self) -> None:
-        if not self.pending:
-            return
-        ids, specs, seconds = zip(*self.pending, strict=True)
-        lengths = np.array([spec.shape[0] for spec in specs], dtype=np.int64)
-        _append(self.data, np.concatenate(specs, axis=0))  # (sum of frames, n_bins)
-        _append(self.ids, np.array(ids, dtype=object))
-        _append(self.offsets, self.frames_total + np.cumsum(lengths))
-        _append(self.durations, np.asarray(seconds, dtype=np.float32))
-        for uid in ids:
-            self.hasher.update(uid.encode() + b"\n")
-        self.n_items += len(ids)
-        self.frames_total += int(lengths.sum())
-        self.shorter_than_crop += int((lengths < self.cfg.frames).sum())
-        self.seconds += float(sum(seconds))
-        self.pending, self.buffered = [], 0
+        """Write the partly filled block and index (only at the end: later blocks stay aligned)."""
+        if self.filled:
+            _append(self.data, self.block[: self.filled])
+            self.filled = 0
+        self._write_index()
 
     def finish(self, extra_attrs: dict[str, Any]) -> None:
         self.flush()
@@ -268,7 +291,7 @@ def run(raw_dir: Path, manifest_dir: Path, out_dir: Path, cfg: SpectrogramConfig
                            ((uid, str(root / rel)) for uid, rel in zip(ids, paths, strict=True)),
                            workers=cfg.workers, desc=STAGE, total=table.height, chunksize=TASK_SIZE)
     with atomic_file(out_dir / STORE_FILE) as tmp:
-        writer = SpectrogramWriter(tmp, cfg)
+        writer = SpectrogramWriter(tmp, cfg, id_bytes=int(ids.str.len_bytes().max() or 1))
         try:
             for uid, rel, (status, spec, extra) in zip(ids, paths, results, strict=True):
                 if status == "ok":

@@ -13,9 +13,13 @@ from pipeline.synth import small_config, synthesize
 
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A data root written by the synthetic corpus generator (real VoxCeleb1/CelebA layout)."""
+    """A data root written by the synthetic corpus generator (real VoxCeleb1/CelebA layout).
+
+    Three videos per identity: seen-heard holds one out, and training keeps two, so positives
+    can come from another video than the query.
+    """
     root = tmp_path_factory.mktemp("tiny_corpus")
-    synthesize(root, small_config(seed=11), workers=2)
+    synthesize(root, small_config(seed=11, videos_per_identity=3), workers=2)
     return root
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -147,3 +148,9 @@ def read_utterances(manifest_dir: str | os.PathLike) -> pl.DataFrame:
         dupes = table.filter(pl.col("id").is_duplicated())["id"].unique().sort().head(5).to_list()
         raise ValueError(f"{path}: duplicate utterance ids, e.g. {dupes}")
     return table
+
+
+def iter_columns(table: pl.DataFrame, *columns: str, batch: int = 1024) -> Iterator[tuple]:
+    """Yield row tuples of ``columns`` lazily, ``batch`` rows of Python objects at a time."""
+    for frame in table.select(columns).iter_slices(batch):
+        yield from zip(*(frame[c].to_list() for c in columns), strict=True)

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import typer
 
-from pipeline.audio import check_signal, load_audio, read_utterances
+from pipeline.audio import check_signal, iter_columns, load_audio, read_utterances
 from pipeline.config import ConfigError, from_params
 from pipeline.io import atomic_file, write_json
 from pipeline.layout import resolve_root
@@ -204,18 +204,17 @@ def run(raw_dir: Path, manifest_dir: Path, out_dir: Path, cfg: AudioAttributesCo
     """Extract openSMILE functionals for every manifest utterance into ``out_dir``."""
     root = resolve_root(raw_dir)
     table = read_utterances(manifest_dir)
-    ids, paths, splits = table["id"], table["path"], table["split"]  # iterated lazily
     names = list(make_extractor(cfg.feature_set).feature_names)
     out_dir = Path(out_dir)
     rejects = Rejects(STAGE)
-    items = ((uid, str(root / rel)) for uid, rel in zip(ids, paths, strict=True))
+    items = ((uid, str(root / rel)) for uid, rel in iter_columns(table, "id", "path"))
     results = imap_ordered(functools.partial(_task, cfg), items, workers=cfg.workers, desc=STAGE,
                            total=table.height, chunksize=TASK_SIZE, initializer=_init_worker,
                            initargs=(cfg.feature_set,))
     with atomic_file(out_dir / TABLE_FILE) as tmp:
         writer = TableWriter(tmp, names, cfg.chunk_rows)
         try:
-            stats, seconds = _write(zip(ids, paths, splits, strict=True), results, writer, rejects)
+            stats, seconds = _write(iter_columns(table, "id", "path", "split"), results, writer, rejects)
         finally:
             writer.close()
         summary = {"stage": STAGE, "manifest_rows": table.height, "stored": writer.written,

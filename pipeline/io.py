@@ -12,6 +12,12 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temp path next to ``path``; rename it onto ``path`` only if the block succeeds."""
@@ -22,6 +28,7 @@ def atomic_file(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual file mode
         os.replace(tmp, final)
     finally:
         if tmp.exists():
@@ -36,6 +43,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
         old = None
         if final.exists() or final.is_symlink():
             old = final.with_name(f".{final.name}.old-{os.getpid()}")

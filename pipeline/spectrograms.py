@@ -21,7 +21,7 @@ key given in the params section overrides it):
 Store layout (``spectrograms.h5``, read it with ``model.spectrogram_store.SpectrogramStore``):
 ``data`` float16 ``(total_frames, n_bins)``, chunked ``(chunk_frames, n_bins)``, utterances
 stored back to back in manifest order (no padding); ``offsets`` int64 ``(n + 1,)`` so utterance
-``i`` is ``data[offsets[i]:offsets[i + 1]]``; ``ids`` (manifest ids, UTF-8) and ``durations``
+``i`` is ``data[offsets[i]:offsets[i + 1]]``; ``ids`` (manifest ids, fixed-length UTF-8) and ``durations``
 (seconds, float32). File attributes record every parameter (``params`` JSON plus one attribute
 per key) and a SHA-256 of the stored ids. The HDF5 file is written only by the parent process,
 in manifest order, so 1 and N workers give byte-identical files.
@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import typer
 
-from pipeline.audio import check_signal, load_audio, read_utterances
+from pipeline.audio import check_signal, iter_columns, load_audio, read_utterances
 from pipeline.config import ConfigError, from_params
 from pipeline.io import atomic_file, write_json
 from pipeline.layout import resolve_root
@@ -284,16 +284,16 @@ def run(raw_dir: Path, manifest_dir: Path, out_dir: Path, cfg: SpectrogramConfig
     """Compute every manifest utterance's spectrogram into ``out_dir/spectrograms.h5``."""
     root = resolve_root(raw_dir)
     table = read_utterances(manifest_dir)
-    ids, paths = table["id"], table["path"]  # iterated lazily: no per-row Python objects kept
     rejects = Rejects(STAGE)
     out_dir = Path(out_dir)
     results = imap_ordered(functools.partial(_task, cfg),
-                           ((uid, str(root / rel)) for uid, rel in zip(ids, paths, strict=True)),
+                           ((uid, str(root / rel)) for uid, rel in iter_columns(table, "id", "path")),
                            workers=cfg.workers, desc=STAGE, total=table.height, chunksize=TASK_SIZE)
     with atomic_file(out_dir / STORE_FILE) as tmp:
-        writer = SpectrogramWriter(tmp, cfg, id_bytes=int(ids.str.len_bytes().max() or 1))
+        writer = SpectrogramWriter(tmp, cfg, id_bytes=int(table["id"].str.len_bytes().max() or 1))
         try:
-            for uid, rel, (status, spec, extra) in zip(ids, paths, results, strict=True):
+            for (uid, rel), (status, spec, extra) in zip(iter_columns(table, "id", "path"), results,
+                                                         strict=True):
                 if status == "ok":
                     writer.add(uid, spec, extra)
                 else:

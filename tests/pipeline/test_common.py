@@ -46,6 +46,7 @@ def test_atomic_file_only_replaces_on_success(tmp_path: Path) -> None:
         raise RuntimeError("interrupted")
     assert target.read_text().strip().startswith("{") and '"a": 1' in target.read_text()
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+    assert target.stat().st_mode & 0o044 == 0o044  # readable by others, like a plain open()
 
 
 def test_atomic_dir_swaps_whole_directory(tmp_path: Path) -> None:
@@ -84,6 +85,8 @@ def test_imap_ordered_keeps_order_across_workers() -> None:
     expected = [x * x for x in range(50)]
     assert list(imap_ordered(_square, range(50), workers=1)) == expected
     assert list(imap_ordered(_square, iter(range(50)), workers=2, in_flight=3)) == expected
+    for chunksize in (3, 7, 100):
+        assert list(imap_ordered(_square, range(50), workers=2, chunksize=chunksize)) == expected
     assert resolve_workers(0) >= 1 and resolve_workers(3) == 3
 
 

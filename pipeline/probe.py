@@ -132,21 +132,32 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
     raise BadInput("truncated", "JPEG ends before its frame header")
 
 
+_HEAD_BYTES = 65536
+
+
 def probe_image(path: str | os.PathLike, min_size: int = 1) -> ImageInfo:
     """Header facts of a JPEG or PNG; ``truncated`` when the end marker is missing."""
     path = Path(path)
-    _nonempty(path)
-    data = path.read_bytes()
+    size = _nonempty(path)
+    with open(path, "rb") as fh:  # the header and the last bytes, not the whole image
+        data = fh.read(_HEAD_BYTES)
+        fh.seek(max(size - 64, 0))
+        tail = fh.read()
     if data[:2] == b"\xff\xd8":
-        width, height = _jpeg_size(data)
-        if b"\xff\xd9" not in data[-64:]:
+        try:
+            width, height = _jpeg_size(data)
+        except BadInput:
+            if size <= len(data):
+                raise
+            width, height = _jpeg_size(path.read_bytes())  # frame header past large APP blocks
+        if b"\xff\xd9" not in tail:
             raise BadInput("truncated", "JPEG has no end-of-image marker")
         fmt = "jpeg"
     elif data[:8] == b"\x89PNG\r\n\x1a\n":
         if len(data) < 24 or data[12:16] != b"IHDR":
             raise BadInput("truncated", "PNG ends before IHDR")
         width, height = struct.unpack(">II", data[16:24])
-        if b"IEND" not in data[-16:]:
+        if b"IEND" not in tail[-16:]:
             raise BadInput("truncated", "PNG has no IEND chunk")
         fmt = "png"
     else:

@@ -95,6 +95,13 @@ def test_probes_on_real_bytes(tmp_path: Path) -> None:
     assert (info.sample_rate, info.channels) == (22050, 2) and info.duration == pytest.approx(0.5)
     image = probe_image(write_jpg(tmp_path / "a.jpg", size=20))
     assert (image.format, image.width, image.height) == ("jpeg", 20, 20)
+    jpeg = (tmp_path / "a.jpg").read_bytes()
+    app = b"\xff\xe1" + (40000).to_bytes(2, "big") + b"\0" * 39998  # a 40 kB APP1 block
+    (tmp_path / "exif.jpg").write_bytes(jpeg[:2] + app + app + jpeg[2:])  # SOF beyond 64 KiB
+    assert probe_image(tmp_path / "exif.jpg").width == 20
+    with pytest.raises(BadInput, match="truncated"):
+        (tmp_path / "cut.jpg").write_bytes((jpeg[:2] + app + app + jpeg[2:])[:-10])
+        probe_image(tmp_path / "cut.jpg")
     (tmp_path / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 4)
     with pytest.raises(BadInput) as err:
         probe_image(tmp_path / "b.png")

@@ -33,7 +33,7 @@ import polars as pl
 import yaml
 
 from benchmarks.common import run_measured, update_report
-from pipeline.parallel import resolve_workers
+from pipeline.common.parallel import resolve_workers
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = {"spectrograms": "spectrograms_summary.json", "audio_attributes": "audio_attributes_summary.json"}

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import run_measured, update_report
-from pipeline.parallel import resolve_workers
+from pipeline.common.parallel import resolve_workers
 
 log = logging.getLogger(__name__)
 

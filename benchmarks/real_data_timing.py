@@ -24,7 +24,7 @@ import polars as pl
 import yaml
 
 from benchmarks.common import run_measured, update_report
-from pipeline.parallel import resolve_workers
+from pipeline.common.parallel import resolve_workers
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("benchmarks.real_data_timing")

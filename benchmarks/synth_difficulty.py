@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import update_report
-from pipeline import layout as L
-from pipeline.synth import SynthConfig, synthesize
+from pipeline.sources import layout as L
+from pipeline.synth.corpus import SynthConfig, synthesize
 
 log = logging.getLogger(__name__)
 

@@ -1,3 +1,5 @@
-"""avmatch models: networks, losses, trainer and evaluation."""
+"""avmatch models: networks, losses, trainer, evaluation, and the feature-store readers.
 
-from model import cswin  # noqa: F401,E402  (registers the CSWin variants with timm)
+Importing the package imports nothing heavy: ``model.cswin`` registers the CSWin variants with
+timm when it is imported, and ``model.stores`` reads the HDF5 stores without torch.
+"""

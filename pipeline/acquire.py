@@ -2,10 +2,10 @@
 download, verify and extract the real datasets.
 
 Sources (``data.source``):
-- ``synthetic`` (default): the embedded corpus from :mod:`pipeline.synth`, params section ``synth``.
+- ``synthetic`` (default): the embedded corpus from :mod:`pipeline.synth.corpus`, params section ``synth``.
 - ``local``: an already-extracted tree at ``data.root`` in the real layout, used in place: only
   ``source.json`` is written, and every later stage reads through
-  :func:`pipeline.layout.resolve_root`.
+  :func:`pipeline.sources.layout.resolve_root`.
 - ``voxceleb1`` / ``voxceleb2`` / ``celeba``: the files in ``data.archives`` (URLs or local
   paths, each with its published MD5; multi-part archives are concatenated first) are fetched
   into ``data.downloads``, verified, and extracted into ``data.root`` (default
@@ -26,13 +26,14 @@ from pathlib import Path
 import typer
 from tqdm.auto import tqdm
 
-from pipeline import download, extract, scan, scan_real, synth
-from pipeline import layout as L
-from pipeline.config import ConfigError, build, load_params, section
-from pipeline.io import atomic_dir, atomic_file, write_json
-from pipeline.layout import SOURCE_FILE
-from pipeline.probe import BadInput, probe_image
-from pipeline.rejects import Rejects
+from pipeline.common.config import ConfigError, build, load_params, section
+from pipeline.common.io import atomic_dir, atomic_file, write_json
+from pipeline.common.probe import BadInput, probe_image
+from pipeline.common.rejects import Rejects
+from pipeline.sources import download, extract, scan, scan_real
+from pipeline.sources import layout as L
+from pipeline.sources.layout import SOURCE_FILE
+from pipeline.synth import corpus as synth
 
 log = logging.getLogger(__name__)
 

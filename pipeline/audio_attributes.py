@@ -1,6 +1,6 @@
 """``audio_attributes`` stage: openSMILE IS09 functionals, P2VANet's audio private attributes.
 
-For every manifest utterance: decode, downmix and resample to 16 kHz (``pipeline.audio``), then
+For every manifest utterance: decode, downmix and resample to 16 kHz (``pipeline.common.audio``), then
 openSMILE's ``IS09_emotion`` functionals (384 values: 16 low-level descriptors and their deltas
 x 12 functionals; P2VANet section III-C). One openSMILE extractor is built per worker process
 (pool initializer), not per clip.
@@ -30,13 +30,13 @@ from typing import Any
 import numpy as np
 import typer
 
-from pipeline.audio import check_signal, iter_columns, load_audio, read_utterances
-from pipeline.config import ConfigError, from_params
-from pipeline.io import atomic_file, write_json
-from pipeline.layout import resolve_root
-from pipeline.parallel import imap_ordered
-from pipeline.probe import BadInput
-from pipeline.rejects import Rejects
+from pipeline.common.audio import check_signal, iter_columns, load_audio, read_utterances
+from pipeline.common.config import ConfigError, from_params
+from pipeline.common.io import atomic_file, write_json
+from pipeline.common.parallel import imap_ordered
+from pipeline.common.probe import BadInput
+from pipeline.common.rejects import Rejects
+from pipeline.sources.layout import resolve_root
 
 log = logging.getLogger(__name__)
 

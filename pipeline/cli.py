@@ -18,9 +18,9 @@ from pipeline import (
     faces,
     manifest,
     spectrograms,
-    synth,
     tuples,
 )
+from pipeline.synth import corpus as synth
 
 app = typer.Typer(help="Voice-face cross-modal matching pipeline (AML, P2VANet).",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)

@@ -10,31 +10,24 @@ not in ``faces.h5`` (rejected by the ``faces`` stage) are listed in
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
-import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import polars as pl
 import typer
 
-from pipeline.config import ConfigError, from_params
-from pipeline.io import write_json, write_parquet
-from pipeline.parallel import resolve_workers
-from pipeline.rejects import Rejects
-
-if TYPE_CHECKING:
-    import torch
+from model.attributes import load_classifier, predict
+from model.runtime import device, torch_runtime
+from pipeline.common.config import ConfigError, from_params
+from pipeline.common.io import write_json, write_parquet
+from pipeline.common.rejects import Rejects
 
 log = logging.getLogger(__name__)
 
 STAGE = "face_attributes"
-CHECKPOINT_FORMAT = 1
 PROB_SUFFIX = "_prob"
 
 
@@ -50,86 +43,6 @@ class FaceAttributesConfig:
             raise ConfigError("face_attributes.batch_size must be positive")
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError("face_attributes.threshold must be in (0, 1)")
-
-
-@contextlib.contextmanager
-def torch_runtime(threads: int, deterministic: bool = True) -> Iterator[None]:
-    """Set torch's intra-op threads (0 = all cores) and deterministic mode; restore afterwards."""
-    import torch
-
-    old_threads = torch.get_num_threads()
-    old_det = torch.are_deterministic_algorithms_enabled()
-    old_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.set_num_threads(resolve_workers(threads))
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old_threads)
-        torch.use_deterministic_algorithms(old_det, warn_only=old_warn)
-
-
-def device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def to_input(batch: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...],
-             dev: str | torch.device = "cpu") -> torch.Tensor:
-    """``(B, S, S, 3)`` uint8 RGB -> ``(B, 3, S, S)`` float32, ``(x / 255 - mean) / std``."""
-    import torch
-
-    x = torch.from_numpy(np.ascontiguousarray(batch)).to(dev)
-    x = x.permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, S, S) in [0, 1]
-    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)  # (1, 3, 1, 1)
-    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)  # (1, 3, 1, 1)
-    return (x - m) / s
-
-
-def predict(net: torch.nn.Module, read: Any, n: int, batch_size: int, mean: tuple[float, ...],
-            std: tuple[float, ...], desc: str | None = None) -> np.ndarray:
-    """Sigmoid probabilities ``(n, classes)`` for rows ``read(start, stop)`` of uint8 images."""
-    import torch
-    from tqdm.auto import tqdm
-
-    dev = next(net.parameters()).device
-    net.eval()
-    out = []
-    with torch.inference_mode():
-        for start in tqdm(range(0, n, batch_size), desc=desc, disable=desc is None, unit="batch"):
-            logits = net(to_input(read(start, min(start + batch_size, n)), mean, std, dev))
-            out.append(torch.sigmoid(logits.float()).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
-
-
-def save_classifier(path: str | os.PathLike, net: torch.nn.Module, meta: dict[str, Any]) -> None:
-    """Save weights plus everything needed to rebuild the model (tensors and primitives only)."""
-    import torch
-
-    from pipeline.io import atomic_file
-
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    buffer = io.BytesIO()  # saving to a file would name the archive after the (random) temp file
-    torch.save({"format_version": CHECKPOINT_FORMAT, **meta, "state_dict": state}, buffer)
-    with atomic_file(path) as tmp:
-        tmp.write_bytes(buffer.getvalue())
-
-
-def load_classifier(path: str | os.PathLike, dev: str = "cpu") -> tuple[torch.nn.Module, dict]:
-    """Rebuild the classifier saved by :func:`save_classifier` (``weights_only=True``)."""
-    import timm
-    import torch
-
-    import model  # noqa: F401  (registers the CSWin variants)
-
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if ckpt.get("format_version") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a face-attribute checkpoint (format "
-                         f"{ckpt.get('format_version')!r}, expected {CHECKPOINT_FORMAT})")
-    net = timm.create_model(ckpt["model_name"], **ckpt["model_args"])
-    net.load_state_dict(ckpt.pop("state_dict"), strict=True)
-    return net.to(dev).eval(), ckpt
 
 
 def manifest_ids(manifest_dir: Path) -> list[str]:
@@ -162,7 +75,7 @@ def _store_rows(store: Any, ids: list[str], rejects: Rejects) -> tuple[list[str]
 def run(faces_h5: Path, manifest_dir: Path, checkpoint: Path, out_path: Path,
         cfg: FaceAttributesConfig) -> dict[str, Any]:
     """Predict the attributes of every manifest face into ``out_path`` (Parquet)."""
-    from pipeline.faces import FaceStore
+    from model.stores import FaceStore
 
     out_path = Path(out_path)
     rejects = Rejects(STAGE)

@@ -4,7 +4,7 @@ P2VANet (section III-C) predicts 12 identity-invariant CelebA attributes with a 
 Transformer. This stage trains one on a CelebA-format directory (real CelebA, or the synthetic
 one written by the corpus generator), using CelebA's own partition file:
 
-- images are prepared exactly like ``faces.h5`` (``pipeline.images``: RGB, centred square,
+- images are prepared exactly like ``faces.h5`` (``pipeline.common.images``: RGB, centred square,
   area resize to ``size``) and decoded once, in parallel, into a temporary uint8 memmap;
 - training: BCE with logits (optionally with per-attribute positive weights ``n_neg / n_pos``
   from the train partition), AdamW, linear warm-up then cosine decay, random horizontal flips
@@ -34,15 +34,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import typer
 
-from pipeline import layout
-from pipeline.config import ConfigError, from_params
-from pipeline.face_attributes import predict, save_classifier, to_input, torch_runtime
-from pipeline.images import load_face
-from pipeline.io import write_json
-from pipeline.layout import resolve_root
-from pipeline.parallel import imap_ordered
-from pipeline.probe import BadInput
-from pipeline.rejects import Rejects
+from model.attributes import predict, save_classifier, to_input
+from model.runtime import device, torch_runtime
+from pipeline.common.config import ConfigError, from_params
+from pipeline.common.images import load_face
+from pipeline.common.io import write_json
+from pipeline.common.parallel import imap_ordered
+from pipeline.common.probe import BadInput
+from pipeline.common.rejects import Rejects
+from pipeline.sources import layout
+from pipeline.sources.layout import resolve_root
 
 if TYPE_CHECKING:
     import torch
@@ -190,7 +191,6 @@ def binary_metrics(probs: np.ndarray, labels: np.ndarray, names: tuple[str, ...]
 def build_model(cfg: FaceAttributesTrainConfig) -> tuple[torch.nn.Module, dict[str, Any]]:
     import timm
 
-    import model  # noqa: F401  (registers the CSWin variants)
     from model.cswin import load_pretrained
 
     args = {"num_classes": len(cfg.attributes), "img_size": cfg.size}
@@ -312,8 +312,6 @@ def fit(splits: dict[str, Split], cfg: FaceAttributesTrainConfig, dev: str, mode
 def run(raw_dir: Path, model_path: Path, report_path: Path, rejects_path: Path,
         cfg: FaceAttributesTrainConfig) -> dict[str, Any]:
     """Train the attribute classifier; write the checkpoint, report and rejects."""
-    from pipeline.face_attributes import device
-
     paths = celeba_paths(raw_dir, cfg)
     rejects = Rejects(STAGE)
     files, labels, total = read_annotations(paths, cfg, rejects)

@@ -1,11 +1,11 @@
 """``faces`` stage: one square uint8 RGB face crop per manifest face, stored once in HDF5.
 
-Per image (``pipeline.images``): decode JPEG/PNG, convert grayscale / palette / CMYK / alpha to
+Per image (``pipeline.common.images``): decode JPEG/PNG, convert grayscale / palette / CMYK / alpha to
 RGB, crop (the square around the bounding box when the manifest has one, as for VGGFace v1
 lists; the centred square for VoxCeleb face-track crops), resize to ``faces.size`` with area
 interpolation. Normalization and flip augmentation belong to the training loaders.
 
-Store layout (``faces.h5``, read it with :class:`FaceStore`): ``images`` uint8
+Store layout (``faces.h5``, read it with :class:`model.stores.FaceStore`): ``images`` uint8
 ``(n, size, size, 3)`` RGB, chunked one image per chunk (random access for training), optionally
 compressed; ``ids`` (manifest face ids, UTF-8) in manifest order. File attributes record every
 output-shaping parameter (``params`` JSON plus one attribute per key) and a SHA-256 of the ids.
@@ -29,13 +29,13 @@ from typing import Any
 import numpy as np
 import typer
 
-from pipeline.config import ConfigError, from_params
-from pipeline.images import load_face
-from pipeline.io import atomic_file, write_json
-from pipeline.layout import resolve_root
-from pipeline.parallel import imap_ordered, resolve_workers
-from pipeline.probe import BadInput
-from pipeline.rejects import Rejects
+from pipeline.common.config import ConfigError, from_params
+from pipeline.common.images import load_face
+from pipeline.common.io import atomic_file, write_json
+from pipeline.common.parallel import imap_ordered, resolve_workers
+from pipeline.common.probe import BadInput
+from pipeline.common.rejects import Rejects
+from pipeline.sources.layout import resolve_root
 
 log = logging.getLogger(__name__)
 
@@ -177,45 +177,6 @@ class FaceWriter:
 
     def close(self) -> None:
         self.file.close()
-
-
-class FaceStore:
-    """Read access to ``faces.h5``: ``len``, ``ids``, ``index(id)``, ``read(rows)``."""
-
-    def __init__(self, path: str | Path) -> None:
-        import h5py
-
-        self.path = Path(path)
-        self.file = h5py.File(self.path, "r")
-        self.images = self.file["images"]
-        self.ids: list[str] = [s.decode() if isinstance(s, bytes) else s for s in self.file["ids"][:]]
-        self._row = {uid: i for i, uid in enumerate(self.ids)}
-        self.size = int(self.file.attrs["size"])
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __contains__(self, uid: str) -> bool:
-        return uid in self._row
-
-    def index(self, uid: str) -> int:
-        return self._row[uid]
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Rows ``start:stop`` as ``(k, size, size, 3)`` uint8."""
-        return self.images[start:stop]
-
-    def get(self, uid: str) -> np.ndarray:
-        return self.images[self._row[uid]]
-
-    def close(self) -> None:
-        self.file.close()
-
-    def __enter__(self) -> FaceStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def run(raw_dir: Path, manifest_dir: Path, out_dir: Path, cfg: FacesConfig) -> dict[str, Any]:

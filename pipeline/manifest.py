@@ -1,6 +1,6 @@
 """``manifest`` stage: index the raw tree, validate every file cheaply, split by name initial.
 
-Synthetic and real data go through the same code: a layout scanner (``pipeline.scan``) lists
+Synthetic and real data go through the same code: a layout scanner (``pipeline.sources.scan``) lists
 metadata rows and candidate files; this module validates them, joins audio and faces through
 the metadata, assigns splits and holds out the seen-heard videos.
 """
@@ -18,13 +18,14 @@ import numpy as np
 import polars as pl
 import typer
 
-from pipeline import scan
-from pipeline.config import from_params
-from pipeline.io import atomic_dir, write_json
-from pipeline.layout import resolve_root
-from pipeline.parallel import imap_ordered
-from pipeline.probe import BadInput, probe_audio, probe_image
-from pipeline.rejects import Rejects
+from pipeline.common.config import from_params
+from pipeline.common.io import atomic_dir, write_json
+from pipeline.common.parallel import imap_ordered
+from pipeline.common.probe import BadInput, probe_audio, probe_image
+from pipeline.common.rejects import Rejects
+from pipeline.sources import scan
+from pipeline.sources.layout import resolve_root
+from pipeline.sources.layouts import get_layout
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +208,7 @@ def run(raw_dir: Path, out_dir: Path, cfg: ManifestConfig) -> dict:
     """Scan, validate, split and write the manifest tables into ``out_dir`` (atomically)."""
     root = resolve_root(raw_dir)
     rejects = Rejects("manifest")
-    found = scan.get_layout(cfg.layout)(root, rejects)
+    found = get_layout(cfg.layout)(root, rejects)
     scan_rejects = len(rejects.dropped)  # bad metadata rows and orphan folders
     log.info("found %d identities, %d audio files, %d face files under %s",
              len(found.identities), len(found.audio), len(found.faces), root)

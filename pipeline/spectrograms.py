@@ -1,6 +1,6 @@
 """``spectrograms`` stage: one log-magnitude STFT per utterance, stored once in an HDF5 file.
 
-Front end (per utterance): decode, downmix, resample to ``sample_rate`` (``pipeline.audio``),
+Front end (per utterance): decode, downmix, resample to ``sample_rate`` (``pipeline.common.audio``),
 remove the DC mean, pre-emphasis, ``|STFT|`` (periodic Hann window of ``win_length`` centred in
 ``n_fft``, ``center=True`` zero padding, as librosa), amplitude in dB (``20 log10 max(|S|, 1e-5)``,
 floored at ``max - top_db`` over all bins, as ``librosa.amplitude_to_db``), then the lowest
@@ -18,7 +18,7 @@ key given in the params section overrides it):
 - ``aml``: AML's public code: 22,050 Hz, pre-emphasis 0.97, n_fft 2048, hop 512, dB, the
   lowest 224 bins (0-2.4 kHz), 125 frames (about 2.9 s), no normalization.
 
-Store layout (``spectrograms.h5``, read it with ``model.spectrogram_store.SpectrogramStore``):
+Store layout (``spectrograms.h5``, read it with ``model.stores.SpectrogramStore``):
 ``data`` float16 ``(total_frames, n_bins)``, chunked ``(chunk_frames, n_bins)``, utterances
 stored back to back in manifest order (no padding); ``offsets`` int64 ``(n + 1,)`` so utterance
 ``i`` is ``data[offsets[i]:offsets[i + 1]]``; ``ids`` (manifest ids, fixed-length UTF-8) and ``durations``
@@ -41,13 +41,13 @@ from typing import Any
 import numpy as np
 import typer
 
-from pipeline.audio import check_signal, iter_columns, load_audio, read_utterances
-from pipeline.config import ConfigError, from_params
-from pipeline.io import atomic_file, write_json
-from pipeline.layout import resolve_root
-from pipeline.parallel import imap_ordered
-from pipeline.probe import BadInput
-from pipeline.rejects import Rejects
+from pipeline.common.audio import check_signal, iter_columns, load_audio, read_utterances
+from pipeline.common.config import ConfigError, from_params
+from pipeline.common.io import atomic_file, write_json
+from pipeline.common.parallel import imap_ordered
+from pipeline.common.probe import BadInput
+from pipeline.common.rejects import Rejects
+from pipeline.sources.layout import resolve_root
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ never changes a test tuple. The value is stored in the ``seed`` column.
 
 Shortfall. A requested tuple whose query cannot be filled (no allowed positive, too few
 identities for the constraint, unknown attribute) is not silently replaced: it is counted per
-reason in ``summary.json`` and logged as a warning (see :mod:`pipeline.tuples_sample`).
+reason in ``summary.json`` and logged as a warning (see :mod:`pipeline.tupling.sample`).
 """
 
 from __future__ import annotations
@@ -45,11 +45,12 @@ import polars as pl
 import typer
 from tqdm.auto import tqdm
 
-from pipeline import tuples_check, tuples_sample
-from pipeline.config import from_params
-from pipeline.io import atomic_dir, write_json
-from pipeline.rejects import Rejects
-from pipeline.tuples_inputs import ITEM_SPLITS, Manifest, load
+from pipeline.common.config import from_params
+from pipeline.common.io import atomic_dir, write_json
+from pipeline.common.rejects import Rejects
+from pipeline.tupling import check as tuples_check
+from pipeline.tupling import sample as tuples_sample
+from pipeline.tupling.inputs import ITEM_SPLITS, Manifest, load
 
 log = logging.getLogger(__name__)
 

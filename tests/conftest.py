@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.manifest import ManifestConfig
 from pipeline.manifest import run as run_manifest
-from pipeline.synth import small_config, synthesize
+from pipeline.synth.corpus import small_config, synthesize
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from pipeline.cli import app
-from pipeline.config import build, section
+from pipeline.common.config import build, section
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -20,7 +20,7 @@ SOURCES = "\n".join(p.read_text() for d in ("pipeline", "model") for p in (ROOT 
 # params.yaml section -> the frozen dataclass that reads it
 SECTIONS = {
     "data": "pipeline.acquire:DataConfig",
-    "synth": "pipeline.synth:SynthConfig",
+    "synth": "pipeline.synth.corpus:SynthConfig",
     "manifest": "pipeline.manifest:ManifestConfig",
     "spectrograms": "pipeline.spectrograms:SpectrogramConfig",
     "faces": "pipeline.faces:FacesConfig",
@@ -78,3 +78,80 @@ def test_ci_runs_the_readme_test_command() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     command = next(line for line in ci.splitlines() if line.startswith("python3 -m venv"))
     assert command in (ROOT / "README.md").read_text()
+
+
+def project_imports(path: Path) -> set[str]:
+    """Project modules (``pipeline.*``, ``model.*``) that ``path`` imports, at any depth in the file."""
+    import ast
+
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        else:
+            continue
+        found |= {n for n in names if n.split(".")[0] in ("pipeline", "model")}
+    return found
+
+
+def module_file(name: str) -> Path | None:
+    """The source file of a project module (a package's ``__init__.py``), or None."""
+    base = ROOT / name.replace(".", "/")
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def import_closure(path: Path) -> set[str]:
+    """Every project source file that ``path`` needs, transitively (package ``__init__`` files
+    with no code of their own are left out)."""
+    seen: set[Path] = set()
+    todo = [path]
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        for name in project_imports(current):
+            found = module_file(name)
+            if found is not None:
+                todo.append(found)
+    return {p.relative_to(ROOT).as_posix() for p in seen
+            if not (p.name == "__init__.py" and len(p.read_text().splitlines()) <= 6)}
+
+
+@pytest.mark.parametrize("stage", sorted(DVC))
+def test_dvc_deps_list_every_module_the_stage_imports(stage: str) -> None:
+    """A change to any module a stage runs (e.g. pipeline/common/io.py) invalidates the stage."""
+    needed = import_closure(ROOT / "pipeline" / f"{stage}.py")
+    listed = {d for d in DVC[stage]["deps"] if d.endswith(".py")}
+    assert needed - listed == set(), f"{stage}: dvc.yaml deps miss {sorted(needed - listed)}"
+    assert listed - needed == set(), f"{stage}: dvc.yaml deps list unused {sorted(listed - needed)}"
+
+
+def test_pipeline_imports_are_acyclic() -> None:
+    """No import cycle among the project's modules, and no stage imports another stage."""
+    files = sorted(p for d in ("pipeline", "model") for p in (ROOT / d).rglob("*.py"))
+    graph = {p: {module_file(n) for n in project_imports(p)} - {None, p} for p in files}
+    state: dict[Path, int] = {}
+
+    def visit(node: Path, trail: list[Path]) -> None:
+        state[node] = 1
+        for nxt in graph.get(node, ()):
+            if state.get(nxt) == 1:
+                cycle = [p.relative_to(ROOT).as_posix() for p in trail[trail.index(nxt):] + [nxt]]
+                pytest.fail(f"import cycle: {' -> '.join(cycle)}")
+            if not state.get(nxt):
+                visit(nxt, trail + [nxt])
+        state[node] = 2
+
+    for node in files:
+        if not state.get(node):
+            visit(node, [node])
+    stages = {ROOT / "pipeline" / f"{s}.py" for s in DVC}
+    for stage in stages:
+        crossing = (graph[stage] & stages) - {stage}
+        assert not crossing, f"{stage.name} imports another stage: {sorted(p.name for p in crossing)}"

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import soundfile as sf
 
-from pipeline import layout as L
+from pipeline.sources import layout as L
 
 HEADER = "\t".join(L.VOX1_META_HEADER)
 

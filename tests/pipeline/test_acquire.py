@@ -19,9 +19,9 @@ from typer.testing import CliRunner
 
 from pipeline.acquire import DataConfig, parse_archives
 from pipeline.cli import app
-from pipeline.config import ConfigError
-from pipeline.download import ChecksumError, DownloadError
-from pipeline.layout import resolve_root
+from pipeline.common.config import ConfigError
+from pipeline.sources.download import ChecksumError, DownloadError
+from pipeline.sources.layout import resolve_root
 from tests.pipeline.loopback import Loopback
 from tests.vox_tree import make_tree, write_jpg
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from pipeline.acquire import DataConfig
 from pipeline.cli import app
-from pipeline.layout import resolve_root
+from pipeline.sources.layout import resolve_root
 from tests.vox_tree import make_tree
 
 

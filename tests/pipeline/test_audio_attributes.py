@@ -11,8 +11,8 @@ import polars as pl
 import pytest
 
 from pipeline.audio_attributes import AudioAttributesConfig, extract, make_extractor, run
-from pipeline.config import ConfigError
-from pipeline.rejects import TooManyRejects
+from pipeline.common.config import ConfigError
+from pipeline.common.rejects import TooManyRejects
 from tests.pipeline.audio_corpus import bad_corpus, good_corpus, voice, write_manifest
 
 CFG = AudioAttributesConfig(workers=1, chunk_rows=3)  # several row groups on a tiny corpus
@@ -51,7 +51,7 @@ def test_384_is09_columns_named_by_opensmile(tiny_manifest: Path, output) -> Non
 
 
 def test_features_are_the_extractors_output(tiny_corpus: Path, tiny_manifest: Path, output) -> None:
-    from pipeline.audio import load_audio
+    from pipeline.common.audio import load_audio
 
     out, _ = output
     smile = make_extractor("IS09")

@@ -12,18 +12,14 @@ import timm
 import torch
 from PIL import Image
 
-import model  # noqa: F401
-from pipeline.face_attributes import (
-    FaceAttributesConfig,
-    load_classifier,
-    run,
-    save_classifier,
-    to_input,
-)
+import model.cswin  # noqa: F401  (registers the CSWin variants)
+from model.attributes import load_classifier, save_classifier, to_input
+from model.stores import FaceStore
+from pipeline.common.rejects import TooManyRejects
+from pipeline.face_attributes import FaceAttributesConfig, run
 from pipeline.face_attributes_train import PRIVATE_ATTRIBUTES
-from pipeline.faces import FacesConfig, FaceStore
+from pipeline.faces import FacesConfig
 from pipeline.faces import run as run_faces
-from pipeline.rejects import TooManyRejects
 
 SIZE = 64
 

@@ -13,8 +13,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from model.attributes import load_classifier
 from model.celeba import read_attributes, read_partition
-from pipeline.face_attributes import FaceAttributesConfig, load_classifier
+from pipeline.face_attributes import FaceAttributesConfig
 from pipeline.face_attributes import run as run_attributes
 from pipeline.face_attributes_train import (
     PRIVATE_ATTRIBUTES,
@@ -26,7 +27,7 @@ from pipeline.face_attributes_train import (
 )
 from pipeline.faces import FacesConfig
 from pipeline.faces import run as run_faces
-from pipeline.synth import small_config, synthesize
+from pipeline.synth.corpus import small_config, synthesize
 
 SIZE = 32  # 4x cheaper than the default 64 px; the nano CSWin still tiles (grids 8-4-2-1)
 

@@ -13,10 +13,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipeline.faces import FacesConfig, FaceStore, run
-from pipeline.images import prepare_face, square_region
-from pipeline.probe import BadInput
-from pipeline.rejects import TooManyRejects
+from model.stores import FaceStore
+from pipeline.common.images import prepare_face, square_region
+from pipeline.common.probe import BadInput
+from pipeline.common.rejects import TooManyRejects
+from pipeline.faces import FacesConfig, run
 
 SIZE = 32
 

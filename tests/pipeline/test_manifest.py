@@ -8,10 +8,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipeline import layout as L
+from pipeline.common.rejects import Rejects, TooManyRejects
 from pipeline.manifest import ManifestConfig, held_out_videos, run, split_of
-from pipeline.rejects import Rejects, TooManyRejects
-from pipeline.scan import read_vox1_meta
+from pipeline.sources import layout as L
+from pipeline.sources.scan import read_vox1_meta
 from tests.vox_tree import make_identity, make_tree, write_jpg, write_meta, write_wav
 
 CFG = ManifestConfig(workers=1)

@@ -13,9 +13,9 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.audio import load_audio
-from pipeline.config import ConfigError, build
-from pipeline.rejects import TooManyRejects
+from pipeline.common.audio import load_audio
+from pipeline.common.config import ConfigError, build
+from pipeline.common.rejects import TooManyRejects
 from pipeline.spectrograms import PRESETS, SpectrogramConfig, log_spectrogram, run
 from tests.pipeline.audio_corpus import (
     bad_corpus,

@@ -17,11 +17,11 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from pipeline import tuples_check
-from pipeline.config import ConfigError, build
-from pipeline.rejects import TooManyRejects
+from pipeline.common.config import ConfigError, build
+from pipeline.common.rejects import TooManyRejects
 from pipeline.tuples import TuplesConfig, load, run, truncate
-from pipeline.tuples_sample import sample_distinct
+from pipeline.tupling import check as tuples_check
+from pipeline.tupling.sample import sample_distinct
 
 NATIONALITIES = ("USA", "USA", "UK", "India")
 SMALL = dict(train_binary=60, train_multiway=23, val_binary=20, val_multiway=10, test_binary=40,
@@ -282,7 +282,7 @@ def corrupt_negative(matching: pl.DataFrame) -> pl.DataFrame:
 ])
 def test_validation_catches_broken_tables(manifest_dir: Path, drawn: Path,
                                           corrupt: Callable[[pl.DataFrame], pl.DataFrame], check: str) -> None:
-    from pipeline.rejects import Rejects
+    from pipeline.common.rejects import Rejects
 
     manifest, _ = load(manifest_dir, Rejects("tuples"))
     tables = {name: read(drawn, name) for name in ("matching", "pairs", "retrieval")}

@@ -1,0 +1,196 @@
+"""Readers for the feature stores: ``spectrograms.h5`` and ``faces.h5``. Numpy in, numpy out.
+
+Both stores share one reading API:
+
+- ``ids`` (store order), ``index(uid)``, ``uid in store``, ``len(store)``;
+- ``get_many(indices)``: a batch as one numpy array, read with one HDF5 call per batch, so a
+  DataLoader worker reads a whole batch of tuples' items at once.
+
+Each store opens its HDF5 file lazily in the process that reads it (and again after a fork), and
+drops the handle when pickled, so one store object can be handed to DataLoader worker processes.
+Importing this module imports neither torch nor timm.
+
+``SpectrogramStore`` keeps each utterance once, time-major (``(frames_i, n_bins)`` rows of one
+float16 dataset, located by ``offsets``) and returns model-sized crops frequency-major as float32
+``(n_bins, frames)``, the papers' 224 x 125 input:
+
+- training: a random ``frames``-long window; a clip shorter than ``frames`` is tiled (repeated end
+  to end) from a random start, so every crop is full length and no zero padding reaches the model;
+- evaluation: a deterministic window (centre by default, or start), tiled when the clip is short.
+
+``FaceStore`` returns uint8 RGB crops ``(S, S, 3)``; scaling and flips belong to the loader.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+POSITIONS = ("center", "start")
+
+
+class H5Store:
+    """Lazy, per-process HDF5 access plus the id index shared by both stores."""
+
+    def __init__(self, path: str | os.PathLike, ids: Sequence[str]) -> None:
+        self.path = Path(path)
+        self.ids: list[str] = list(ids)
+        self._index = {uid: i for i, uid in enumerate(self.ids)}
+        self._file: Any = None
+        self._pid: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __contains__(self, uid: object) -> bool:
+        return uid in self._index
+
+    def __enter__(self) -> H5Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_file"], state["_pid"] = None, None  # h5py handles do not cross processes
+        return state
+
+    def index(self, uid: str) -> int:
+        """Position of ``uid`` in :attr:`ids` (``KeyError`` when the store does not hold it)."""
+        return self._index[uid]
+
+    def close(self) -> None:
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file, self._pid = None, None
+
+    def _h5(self) -> Any:
+        if self._file is None or self._pid != os.getpid():
+            import h5py
+
+            self._file = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+        return self._file
+
+
+def _decode(values: np.ndarray) -> list[str]:
+    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
+
+
+def _read_rows(dataset: Any, rows: np.ndarray) -> np.ndarray:
+    """``dataset[rows]`` for any row order and repeats, as one HDF5 read of the sorted unique rows."""
+    unique, inverse = np.unique(rows, return_inverse=True)
+    if len(unique) == 0:
+        return np.zeros((0, *dataset.shape[1:]), dataset.dtype)
+    block = dataset[unique]  # h5py needs increasing, unique indices
+    return block[inverse]
+
+
+class SpectrogramStore(H5Store):
+    """Random and fixed crops of the utterances in a spectrogram HDF5 store."""
+
+    def __init__(self, path: str | os.PathLike, frames: int | None = None) -> None:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            params: dict[str, Any] = json.loads(f.attrs["params"])
+            ids = _decode(f["ids"][:])
+            self.offsets: np.ndarray = f["offsets"][:].astype(np.int64)
+            self.durations: np.ndarray = f["durations"][:]
+        super().__init__(path, ids)
+        self.params = params
+        self.frames = int(frames or params["frames"])
+        self.n_bins = int(params["n_bins"])
+
+    def _data(self) -> Any:
+        return self._h5()["data"]
+
+    def length(self, uid: str) -> int:
+        """Number of STFT frames stored for ``uid``."""
+        i = self._index[uid]
+        return int(self.offsets[i + 1] - self.offsets[i])
+
+    def _lengths(self, indices: np.ndarray) -> np.ndarray:
+        return self.offsets[indices + 1] - self.offsets[indices]
+
+    def _starts(self, indices: np.ndarray, rng: np.random.Generator | None,
+                position: str) -> np.ndarray:
+        """Crop start per item: random (``rng``) or fixed (``position``)."""
+        if position not in POSITIONS:
+            raise ValueError(f"position must be one of {POSITIONS}, got {position!r}")
+        lengths = self._lengths(indices)
+        long = lengths >= self.frames
+        if rng is not None:
+            high = np.where(long, lengths - self.frames + 1, lengths)
+            return np.floor(rng.random(len(indices)) * high).astype(np.int64)
+        if position == "center":
+            return np.where(long, (lengths - self.frames) // 2, 0)
+        return np.zeros(len(indices), np.int64)
+
+    def _crop_rows(self, indices: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """Absolute store rows of every crop: ``(n, frames)``, wrapping inside short clips."""
+        lengths = self._lengths(indices)
+        steps = starts[:, None] + np.arange(self.frames)[None, :]  # (n, frames)
+        return self.offsets[indices][:, None] + steps % lengths[:, None]
+
+    def get_many(self, indices: Sequence[int] | np.ndarray, rng: np.random.Generator | None = None,
+                 position: str = "center") -> np.ndarray:
+        """Crops of the items at ``indices``: float32 ``(n, n_bins, frames)``.
+
+        Random windows drawn with ``rng`` (training), else fixed ``position`` windows
+        (evaluation). One HDF5 read for the whole batch.
+        """
+        idx = np.asarray(indices, dtype=np.int64)
+        rows = self._crop_rows(idx, self._starts(idx, rng, position))  # (n, frames)
+        flat = _read_rows(self._data(), rows.reshape(-1))  # (n * frames, F)
+        crops = flat.reshape(len(idx), self.frames, self.n_bins)  # (n, frames, F)
+        return np.ascontiguousarray(crops.transpose(0, 2, 1), dtype=np.float32)  # (n, F, frames)
+
+    def random_crop(self, uid: str, rng: np.random.Generator) -> np.ndarray:
+        """Training crop: float32 ``(n_bins, frames)`` from a start drawn with ``rng``."""
+        return self.get_many([self._index[uid]], rng=rng)[0]
+
+    def fixed_crop(self, uid: str, position: str = "center") -> np.ndarray:
+        """Evaluation crop: float32 ``(n_bins, frames)``, the same on every call."""
+        return self.get_many([self._index[uid]], position=position)[0]
+
+    def full(self, uid: str) -> np.ndarray:
+        """The whole utterance, float32 ``(n_bins, frames_i)``."""
+        i = self._index[uid]
+        rows = self._data()[self.offsets[i]:self.offsets[i + 1]]  # (T, F)
+        return np.ascontiguousarray(rows.T, dtype=np.float32)  # (T, F) -> (F, T)
+
+
+class FaceStore(H5Store):
+    """uint8 RGB face crops in ``faces.h5``, by manifest id."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            ids = _decode(f["ids"][:])
+            self.size = int(f.attrs["size"])
+            self.params: dict[str, Any] = json.loads(f.attrs["params"])
+        super().__init__(path, ids)
+
+    @property
+    def images(self) -> Any:
+        """The ``(n, S, S, 3)`` uint8 HDF5 dataset, opened in this process."""
+        return self._h5()["images"]
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` as ``(k, size, size, 3)`` uint8."""
+        return self.images[start:stop]
+
+    def get(self, uid: str) -> np.ndarray:
+        return self.images[self._index[uid]]
+
+    def get_many(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The faces at ``indices``: uint8 ``(n, S, S, 3)``, one HDF5 read for the batch."""
+        return _read_rows(self.images, np.asarray(indices, dtype=np.int64))

@@ -1,0 +1,1 @@
+"""Helpers of the tuples stage: manifest inputs, seeded sampling, output validation."""

@@ -1,0 +1,131 @@
+"""model.stores: random (training) and fixed (evaluation) crops, tiling short clips."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model.stores import SpectrogramStore
+from pipeline.spectrograms import SpectrogramConfig, SpectrogramWriter, run
+from tests.pipeline.audio_corpus import good_corpus, write_manifest
+
+N_BINS = 8
+FRAMES = 10
+LENGTHS = {"id10001/a/00001": 37, "id10001/b/00001": 4, "id10002/c/00001": 10}
+
+
+def ramp(length: int, base: float) -> np.ndarray:
+    """Rows whose every value encodes ``base + frame index`` (exact in float16 below 2048)."""
+    return np.repeat((base + np.arange(length, dtype=np.float32))[:, None], N_BINS, axis=1)  # (T, F)
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("store") / "spectrograms.h5"
+    cfg = SpectrogramConfig(n_bins=N_BINS, frames=FRAMES, chunk_frames=4)
+    writer = SpectrogramWriter(path, cfg)
+    for k, (uid, length) in enumerate(LENGTHS.items()):
+        writer.add(uid, ramp(length, 100.0 * k).astype(np.float16), length * 0.024)
+    writer.finish({"manifest_rows": len(LENGTHS)})
+    writer.close()
+    return path
+
+
+def starts_of(crop: np.ndarray) -> np.ndarray:
+    """Frame indices a ramp crop came from (frequency-major input)."""
+    assert np.all(crop == crop[:1])  # every bin of a column holds the same frame index
+    return crop[0] % 100
+
+
+def test_index_and_full_utterance(store_path: Path) -> None:
+    store = SpectrogramStore(store_path)
+    assert len(store) == 3 and list(store.ids) == list(LENGTHS) and "id10001/b/00001" in store
+    assert store.frames == FRAMES and store.n_bins == N_BINS
+    full = store.full("id10001/a/00001")
+    assert full.shape == (N_BINS, 37) and full.dtype == np.float32
+    np.testing.assert_array_equal(full[3], np.arange(37))
+
+
+def test_random_crop_is_a_contiguous_window_within_the_clip(store_path: Path) -> None:
+    store = SpectrogramStore(store_path)
+    rng = np.random.default_rng(0)
+    starts = set()
+    for _ in range(300):
+        crop = store.random_crop("id10001/a/00001", rng)
+        assert crop.shape == (N_BINS, FRAMES) and crop.dtype == np.float32
+        frames = starts_of(crop)
+        np.testing.assert_array_equal(frames, frames[0] + np.arange(FRAMES))
+        starts.add(int(frames[0]))
+    assert starts == set(range(37 - FRAMES + 1))  # every start, none past the end
+    a = store.random_crop("id10001/a/00001", np.random.default_rng(7))
+    b = store.random_crop("id10001/a/00001", np.random.default_rng(7))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_short_clip_is_tiled_from_a_random_start(store_path: Path) -> None:
+    store = SpectrogramStore(store_path)
+    rng = np.random.default_rng(1)
+    starts = set()
+    for _ in range(100):
+        frames = starts_of(store.random_crop("id10001/b/00001", rng))
+        np.testing.assert_array_equal(frames, (frames[0] + np.arange(FRAMES)) % 4)
+        starts.add(int(frames[0]))
+    assert starts == {0, 1, 2, 3}
+
+
+def test_fixed_crop_is_deterministic_centre_or_start(store_path: Path) -> None:
+    store = SpectrogramStore(store_path)
+    centre = starts_of(store.fixed_crop("id10001/a/00001"))
+    np.testing.assert_array_equal(centre, 13 + np.arange(FRAMES))  # (37 - 10) // 2 = 13
+    np.testing.assert_array_equal(store.fixed_crop("id10001/a/00001"), store.fixed_crop("id10001/a/00001"))
+    np.testing.assert_array_equal(starts_of(store.fixed_crop("id10001/a/00001", "start")), np.arange(FRAMES))
+    np.testing.assert_array_equal(starts_of(store.fixed_crop("id10001/b/00001")), np.arange(FRAMES) % 4)
+    np.testing.assert_array_equal(starts_of(store.fixed_crop("id10002/c/00001")), np.arange(FRAMES))
+    with pytest.raises(ValueError, match="position"):
+        store.fixed_crop("id10001/a/00001", "end")
+
+
+def test_crop_length_can_be_overridden(store_path: Path) -> None:
+    store = SpectrogramStore(store_path, frames=50)
+    crop = store.fixed_crop("id10001/a/00001")
+    assert crop.shape == (N_BINS, 50)
+    np.testing.assert_array_equal(starts_of(crop), np.arange(50) % 37)
+
+
+def _read_in_child(store: SpectrogramStore, queue: mp.Queue) -> None:
+    queue.put(store.fixed_crop("id10002/c/00001").sum())
+
+
+def test_store_survives_pickling_and_fork(store_path: Path) -> None:
+    store = SpectrogramStore(store_path)
+    expected = store.fixed_crop("id10002/c/00001").sum()  # opens the file in the parent
+    clone = pickle.loads(pickle.dumps(store))
+    assert clone.fixed_crop("id10002/c/00001").sum() == expected
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_read_in_child, args=(store, queue))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0 and queue.get(timeout=5) == expected
+    store.close()
+
+
+def test_reads_a_store_written_by_the_stage(tmp_path: Path) -> None:
+    rows = good_corpus(tmp_path / "raw", n=3, seconds=(1.0, 4.0))
+    manifest = write_manifest(tmp_path / "m", rows)
+    run(tmp_path / "raw", manifest, tmp_path / "f", SpectrogramConfig(workers=1))
+    with SpectrogramStore(tmp_path / "f" / "spectrograms.h5") as store:
+        assert store.params["preset"] == "speaker16k"
+        short, long = rows[0]["id"], rows[1]["id"]  # 1 s = 42 frames, 4 s = 167 frames
+        assert store.length(short) == 42 and store.length(long) == 167
+        for uid in (short, long):
+            train = store.random_crop(uid, np.random.default_rng(0))
+            test = store.fixed_crop(uid)
+            assert train.shape == test.shape == (224, 125)
+            assert np.isfinite(train).all() and np.isfinite(test).all()
+        np.testing.assert_array_equal(store.fixed_crop(short)[:, 42:84], store.full(short))
+        np.testing.assert_array_equal(store.fixed_crop(long), store.full(long)[:, 21:146])

@@ -2,7 +2,9 @@
 download, verify and extract the real datasets.
 
 Sources (``data.source``):
-- ``synthetic`` (default): the embedded corpus from :mod:`pipeline.synth.corpus`, params section ``synth``.
+- ``synthetic`` (default): the embedded corpus from :mod:`pipeline.synth.corpus`, params section
+  ``synth``; its names follow the manifest's split letters (``manifest.val_initials`` and
+  ``manifest.test_initials``, stated once), so every split holds identities of both genders.
 - ``local``: an already-extracted tree at ``data.root`` in the real layout, used in place: only
   ``source.json`` is written, and every later stage reads through
   :func:`pipeline.sources.layout.resolve_root`.
@@ -19,6 +21,7 @@ import functools
 import json
 import logging
 from collections import defaultdict
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,10 +159,12 @@ def acquire_local(raw_dir: Path, root: str) -> dict:
     return {"source": "local", "root": str(path)}
 
 
-def acquire_synthetic(raw_dir: Path, cfg: synth.SynthConfig) -> dict:
-    """Generate the embedded corpus into ``raw_dir`` (atomically)."""
+def acquire_synthetic(raw_dir: Path, cfg: synth.SynthConfig,
+                      initials: Mapping[str, str] | None = None) -> dict:
+    """Generate the embedded corpus into ``raw_dir`` (atomically), its names split by the
+    manifest's ``initials`` (default A-B val, C-E test)."""
     with atomic_dir(raw_dir) as tmp:
-        summary = synth.synthesize(tmp, cfg)
+        summary = synth.synthesize(tmp, cfg, initials=initials)
     return {"source": "synthetic", **summary}
 
 
@@ -395,25 +400,30 @@ def acquire_archives(raw_dir: Path, data: DataConfig) -> dict:
     return {"source": data.source, "root": str(root), "archives": installed, **extra}
 
 
-def run(raw_dir: Path, data: DataConfig, synth_cfg: synth.SynthConfig) -> dict:
+def run(raw_dir: Path, data: DataConfig, synth_cfg: synth.SynthConfig,
+        initials: Mapping[str, str] | None = None) -> dict:
+    """Acquire ``data.source``; ``initials`` (the manifest's split letters) shape the synthetic
+    corpus only."""
     if data.source in ARCHIVE_SOURCES:
         return acquire_archives(raw_dir, data)
     if data.archives:
         log.warning("data.archives is ignored with data.source: %s", data.source)
     if data.source == "local":
         return acquire_local(raw_dir, data.root or "")
-    return acquire_synthetic(raw_dir, synth_cfg)
+    return acquire_synthetic(raw_dir, synth_cfg, initials)
 
 
 def cli(
     raw_dir: Path = typer.Argument(..., help="Where the raw data goes (data/raw)."),
-    params: Path = typer.Option(Path("params.yaml"), help="Params file; reads `data` and `synth`."),
+    params: Path = typer.Option(
+        Path("params.yaml"),
+        help="Params file; reads `data`, `synth`, manifest.val_initials and manifest.test_initials."),
     summary: Path | None = typer.Option(None, help="Optional JSON summary path."),
 ) -> None:
     """Download, verify and extract the raw data, or synthesize the embedded corpus."""
     values = load_params(params)
     data = build(DataConfig, section(values, "data"), name="data")
     synth_cfg = build(synth.SynthConfig, section(values, "synth"), name="synth")
-    result = run(raw_dir, data, synth_cfg)
+    result = run(raw_dir, data, synth_cfg, synth.initials_from_params(values))
     if summary is not None:
         write_json(summary, result)

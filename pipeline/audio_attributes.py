@@ -15,6 +15,9 @@ Outputs in the feature directory:
   Features constant over the train split get std 1.0 and are listed under ``constant``;
 - ``audio_attributes_rejects.parquet`` (reasons ``missing``, ``empty``, ``undecodable``,
   ``corrupt``, ``too_short``, ``silent``, ``nan``) and ``audio_attributes_summary.json``.
+
+The four files are committed together after the reject check: a run that fails on too many
+rejects leaves the previous ones as they were.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import typer
 
 from pipeline.common.audio import check_signal, iter_columns, load_audio, read_utterances
 from pipeline.common.config import ConfigError, from_params
-from pipeline.common.io import atomic_file, write_json
+from pipeline.common.io import output_group, write_json
 from pipeline.common.parallel import imap_ordered
 from pipeline.common.probe import BadInput
 from pipeline.common.rejects import Rejects
@@ -211,8 +214,8 @@ def run(raw_dir: Path, manifest_dir: Path, out_dir: Path, cfg: AudioAttributesCo
     results = imap_ordered(functools.partial(_task, cfg), items, workers=cfg.workers, desc=STAGE,
                            total=table.height, chunksize=TASK_SIZE, initializer=_init_worker,
                            initargs=(cfg.feature_set,))
-    with atomic_file(out_dir / TABLE_FILE) as tmp:
-        writer = TableWriter(tmp, names, cfg.chunk_rows)
+    with output_group() as outputs:
+        writer = TableWriter(outputs.file(out_dir / TABLE_FILE), names, cfg.chunk_rows)
         try:
             stats, seconds = _write(iter_columns(table, "id", "path", "split"), results, writer, rejects)
         finally:
@@ -224,10 +227,11 @@ def run(raw_dir: Path, manifest_dir: Path, out_dir: Path, cfg: AudioAttributesCo
                    "params": {k: v for k, v in asdict(cfg).items() if k != "workers"}}
         if stats.n == 0:
             log.warning("audio_attributes: no %r rows; statistics are empty", STATS_SPLIT)
-        rejects.write(out_dir / REJECTS_FILE)
-        write_json(out_dir / SUMMARY_FILE, summary)
-        rejects.check(table.height, cfg.max_reject_fraction)
-        write_json(out_dir / STATS_FILE, {"feature_set": cfg.feature_set, **stats.result(names)})
+        write_json(outputs.file(out_dir / STATS_FILE),
+                   {"feature_set": cfg.feature_set, **stats.result(names)})
+        rejects.write(outputs.file(out_dir / REJECTS_FILE))
+        write_json(outputs.file(out_dir / SUMMARY_FILE), summary)
+        rejects.check(table.height, cfg.max_reject_fraction)  # raises: no output is replaced
     log.info("audio_attributes: %d rows x %d features, %d rejected %s", writer.written,
              len(names), len(rejects), summary["rejects_by_reason"])
     return summary

@@ -5,7 +5,9 @@ present) and writes ``face_attributes.parquet``: one row per manifest face id in
 column ``id``, then for each attribute ``<name>`` (int8, 1 when the probability is at least
 ``threshold``) and ``<name>_prob`` (float32 sigmoid probability). Faces of the manifest that are
 not in ``faces.h5`` (rejected by the ``faces`` stage) are listed in
-``face_attributes_rejects.parquet`` with reason ``no_face_features``.
+``face_attributes_rejects.parquet`` with reason ``no_face_features``. The table, the rejects and
+``face_attributes_summary.json`` are committed together after the reject check: a run that fails
+on too many rejects leaves the previous three files as they were.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import typer
 from model.attributes import load_classifier, predict
 from model.runtime import device, torch_runtime
 from pipeline.common.config import ConfigError, from_params
-from pipeline.common.io import write_json, write_parquet
+from pipeline.common.io import output_group, write_json, write_parquet
 from pipeline.common.rejects import Rejects
 
 log = logging.getLogger(__name__)
@@ -84,7 +86,8 @@ def run(faces_h5: Path, manifest_dir: Path, checkpoint: Path, out_path: Path,
         net, meta = load_classifier(checkpoint, device())
         if meta["size"] != store.size:
             raise ValueError(f"{checkpoint} was trained on {meta['size']} px faces but {faces_h5} "
-                             f"holds {store.size} px; set face_attributes_train.size = faces.size")
+                             f"holds {store.size} px; retrain face_attributes_train (its input "
+                             f"size is faces.size)")
         kept, rows = _store_rows(store, ids, rejects)
         order = np.argsort(rows, kind="stable")  # read the store in increasing row order
         sorted_rows = rows[order]
@@ -102,10 +105,11 @@ def run(faces_h5: Path, manifest_dir: Path, checkpoint: Path, out_path: Path,
                "rejected": len(rejects), "rejects_by_reason": rejects.counts(),
                "attributes": names, "threshold": cfg.threshold,
                "positive_rate": {n: round(float(frame[n].mean() or 0.0), 4) for n in names}}
-    rejects.write(out_path.with_name(f"{STAGE}_rejects.parquet"))
-    write_json(out_path.with_name(f"{STAGE}_summary.json"), summary)
-    rejects.check(len(ids), cfg.max_reject_fraction)
-    write_parquet(out_path, frame)
+    with output_group() as outputs:
+        write_parquet(outputs.file(out_path), frame)
+        rejects.write(outputs.file(out_path.with_name(f"{STAGE}_rejects.parquet")))
+        write_json(outputs.file(out_path.with_name(f"{STAGE}_summary.json")), summary)
+        rejects.check(len(ids), cfg.max_reject_fraction)  # raises: no output is replaced
     log.info("face_attributes: %d faces, %d rejected", len(kept), len(rejects))
     return summary
 

@@ -13,9 +13,20 @@ one written by the corpus generator), using CelebA's own partition file:
   partition is only used for the final report (per attribute accuracy and balanced accuracy at
   threshold 0.5).
 
+The input size is ``faces.size`` (one knob for the stored faces and the classifier: the CLI
+builds this stage's config from its params section plus ``faces.size``, see
+:func:`config_from_params`).
+
 Outputs: the checkpoint (``model_name``, ``model_args``, ``attributes``, ``size``, ``mean``,
 ``std`` and the ``state_dict``; tensors and primitives only, load with ``weights_only=True``),
-the JSON report and a rejects table (unreadable images and malformed annotation lines).
+the JSON report (selected epoch, val and test metrics), a rejects table (unreadable images and
+malformed annotation lines) and the per-epoch history logged with DVCLive in ``live_dir``
+(``plots/metrics/<name>.tsv``, one row per epoch, ``step`` = epoch; ``metrics.json``, the last
+epoch plus ``selected_epoch``), which ``dvc plots show`` draws. All of them are committed
+together once training is done: a run that fails (too many rejects, or an error while training)
+leaves the previous outputs as they were. DVCLive is used without DVC experiments or a
+``dvc.yaml`` of its own (the stage's outputs are declared in the project's ``dvc.yaml``); it
+writes into a git-ignored temp sibling (``*.tmp``) that replaces ``live_dir`` at the end.
 """
 
 from __future__ import annotations
@@ -26,19 +37,19 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import typer
 
 from model.attributes import predict, save_classifier, to_input
 from model.runtime import device, torch_runtime
-from pipeline.common.config import ConfigError, from_params
-from pipeline.common.images import load_face
-from pipeline.common.io import write_json
+from pipeline.common.config import ConfigError, build, load_params, section
+from pipeline.common.images import DEFAULT_FACE_SIZE, load_face
+from pipeline.common.io import output_group, write_json
 from pipeline.common.parallel import imap_ordered
 from pipeline.common.probe import BadInput
 from pipeline.common.rejects import Rejects
@@ -47,6 +58,7 @@ from pipeline.sources.layout import resolve_root
 
 if TYPE_CHECKING:
     import torch
+    from dvclive import Live
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +74,14 @@ DECODE_TASK = 32  # images per decode task
 
 @dataclass(frozen=True)
 class FaceAttributesTrainConfig:
+    # Fields read from another stage's section, so a knob shared by two stages is stated once
+    # in params.yaml: field -> (section, key).
+    shared_params: ClassVar[dict[str, tuple[str, str]]] = {"size": ("faces", "size")}
+
     celeba_dir: str | None = None
     attributes: tuple[str, ...] = PRIVATE_ATTRIBUTES
     model: str = "cswin_nano_64"
-    size: int = 64
+    size: int = DEFAULT_FACE_SIZE  # faces.size
     imagenet_checkpoint: str | None = None
     epochs: int = 12
     batch_size: int = 64
@@ -87,6 +103,18 @@ class FaceAttributesTrainConfig:
             raise ConfigError("face_attributes_train.attributes must not be empty")
         if min(self.size, self.epochs, self.batch_size) <= 0:
             raise ConfigError("face_attributes_train: size, epochs and batch_size must be positive")
+
+
+def config_from_params(params: Mapping[str, Any]) -> FaceAttributesTrainConfig:
+    """The stage's section plus the shared knobs (``size`` = ``faces.size``) of a params mapping."""
+    values = section(params, STAGE)
+    for name, (other, key) in FaceAttributesTrainConfig.shared_params.items():
+        if name in values:
+            raise ConfigError(f"{STAGE}.{name} is not a {STAGE} param: set {other}.{key}, which "
+                              f"this stage reads too (a shared knob is stated once)")
+        if key in section(params, other):
+            values[name] = section(params, other)[key]
+    return build(FaceAttributesTrainConfig, values, name=STAGE)
 
 
 @dataclass
@@ -236,8 +264,8 @@ def _batch(split: Split, idx: np.ndarray, rng: np.random.Generator | None,
 
 
 def train_epochs(net: torch.nn.Module, train: Split, val: Split, cfg: FaceAttributesTrainConfig,
-                 dev: str) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
-    """Train; return the state dict of the best-val epoch and a per-epoch history."""
+                 dev: str, live: Live) -> tuple[dict[str, torch.Tensor], int]:
+    """Train, logging each epoch to ``live``; return the best-val epoch's state dict and number."""
     import torch
     from tqdm.auto import tqdm
 
@@ -252,7 +280,6 @@ def train_epochs(net: torch.nn.Module, train: Split, val: Split, cfg: FaceAttrib
     steps = -(-len(train.files) // cfg.batch_size)
     total, warmup = steps * cfg.epochs, int(round(cfg.warmup_epochs * steps))
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
-    history: list[dict[str, Any]] = []
     for epoch in range(cfg.epochs):
         net.train()
         order = rng.permutation(len(train.files))
@@ -270,15 +297,23 @@ def train_epochs(net: torch.nn.Module, train: Split, val: Split, cfg: FaceAttrib
             losses.append(loss.item())
         val_m = evaluate(net, val, cfg) if len(val.files) else None
         score = val_m["mean_balanced_accuracy"] if val_m else -float(np.mean(losses))
-        history.append({"epoch": epoch + 1, "train_loss": round(float(np.mean(losses)), 5),
-                        "val_mean_balanced_accuracy": val_m and val_m["mean_balanced_accuracy"]})
-        log.info("epoch %d: train loss %.4f, val mean balanced accuracy %s", epoch + 1,
-                 np.mean(losses), val_m and val_m["mean_balanced_accuracy"])
+        log_epoch(live, epoch + 1, float(np.mean(losses)), val_m)
         if best is None or score > best[0]:
             best = (score, epoch + 1, {k: v.detach().clone() for k, v in net.state_dict().items()})
     assert best is not None
-    history.append({"selected_epoch": best[1]})
-    return best[2], history
+    return best[2], best[1]
+
+
+def log_epoch(live: Live, epoch: int, train_loss: float, val: dict[str, Any] | None) -> None:
+    """One row per metric and epoch in ``live``'s history (``step`` = epoch number)."""
+    live.step = epoch
+    live.log_metric("train_loss", round(train_loss, 5))
+    if val is not None:
+        live.log_metric("val_mean_balanced_accuracy", val["mean_balanced_accuracy"])
+        live.log_metric("val_mean_accuracy", val["mean_accuracy"])
+    log.info("epoch %d: train loss %.4f, val mean balanced accuracy %s", epoch, train_loss,
+             val and val["mean_balanced_accuracy"])
+    live.next_step()
 
 
 def evaluate(net: torch.nn.Module, split: Split, cfg: FaceAttributesTrainConfig) -> dict[str, Any]:
@@ -289,51 +324,63 @@ def evaluate(net: torch.nn.Module, split: Split, cfg: FaceAttributesTrainConfig)
     return binary_metrics(probs, split.labels, cfg.attributes)
 
 
-def fit(splits: dict[str, Split], cfg: FaceAttributesTrainConfig, dev: str, model_path: Path
-        ) -> tuple[list[dict[str, Any]], dict[str, Any] | None, dict[str, Any] | None]:
-    """Train, keep the best-val epoch, save the checkpoint; return history, val and test metrics."""
+def fit(splits: dict[str, Split], cfg: FaceAttributesTrainConfig, dev: str, model_path: Path,
+        live_dir: Path) -> tuple[int, dict[str, Any] | None, dict[str, Any] | None]:
+    """Train (history to DVCLive in ``live_dir``), keep the best-val epoch, save the checkpoint;
+    return the selected epoch, val and test metrics."""
     import torch
+    from dvclive import Live
 
     torch.manual_seed(cfg.seed)
     net, model_args = build_model(cfg)
     net.to(dev)
     start = time.perf_counter()
-    state, history = train_epochs(net, splits["train"], splits["val"], cfg, dev)
-    log.info("trained %d epochs in %.1f s", cfg.epochs, time.perf_counter() - start)
+    # No DVC experiment and no dvc.yaml of DVCLive's own: the project's dvc.yaml declares the files.
+    with Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None) as live:
+        state, selected = train_epochs(net, splits["train"], splits["val"], cfg, dev, live)
+        live.summary["selected_epoch"] = selected
+    log.info("trained %d epochs in %.1f s; epoch %d selected on val", cfg.epochs,
+             time.perf_counter() - start, selected)
     net.load_state_dict(state)
     test = evaluate(net, splits["test"], cfg) if len(splits["test"].files) else None
     val = evaluate(net, splits["val"], cfg) if len(splits["val"].files) else None
     meta = {"model_name": cfg.model, "model_args": model_args, "attributes": list(cfg.attributes),
             "size": cfg.size, "mean": list(MEAN), "std": list(STD), "threshold": 0.5}
     save_classifier(model_path, net, meta)
-    return history, val, test
+    return selected, val, test
 
 
 def run(raw_dir: Path, model_path: Path, report_path: Path, rejects_path: Path,
-        cfg: FaceAttributesTrainConfig) -> dict[str, Any]:
-    """Train the attribute classifier; write the checkpoint, report and rejects."""
+        cfg: FaceAttributesTrainConfig, live_dir: Path | None = None) -> dict[str, Any]:
+    """Train the attribute classifier; write the checkpoint, report, rejects and history.
+
+    ``live_dir`` (default: ``<report dir>/face_attributes_train``) receives the DVCLive history.
+    Every output is replaced only when the whole run succeeds.
+    """
     paths = celeba_paths(raw_dir, cfg)
     rejects = Rejects(STAGE)
     files, labels, total = read_annotations(paths, cfg, rejects)
     if not files["train"]:
         raise ValueError(f"no training images in {paths['partition']} (partition 0)")
     model_path, report_path = Path(model_path), Path(report_path)
+    live_dir = Path(live_dir) if live_dir is not None else report_path.parent / STAGE
     model_path.parent.mkdir(parents=True, exist_ok=True)
     dev = device()
-    with tempfile.TemporaryDirectory(prefix=".celeba-cache-", dir=model_path.parent) as cache, \
-            torch_runtime(cfg.threads):
+    with output_group() as outputs, torch_runtime(cfg.threads), \
+            tempfile.TemporaryDirectory(prefix=".celeba-cache-", dir=model_path.parent) as cache:
         splits = {k: decode_split(k, files[k], labels[k], paths["images"], Path(cache), cfg, rejects)
                   for k in ("train", "val", "test")}
-        rejects.write(rejects_path)
-        rejects.check(total, cfg.max_reject_fraction)
-        history, val, test = fit(splits, cfg, dev, model_path)
+        rejects.check(total, cfg.max_reject_fraction)  # raises: no output is replaced
+        selected, val, test = fit(splits, cfg, dev, outputs.file(model_path),
+                                  outputs.dir(live_dir))
         images = {k: len(v.files) for k, v in splits.items()}
-    report = {"stage": STAGE, "model": cfg.model, "size": cfg.size, "images": images,
-              "rejected": len(rejects.dropped), "rejects_by_reason": rejects.counts(),
-              "params": {k: v for k, v in dataclasses.asdict(cfg).items()
-                         if k not in ("threads", "workers")},
-              "history": history, "val": val, "test": test}
-    write_json(report_path, report)
+        report = {"stage": STAGE, "model": cfg.model, "size": cfg.size, "images": images,
+                  "rejected": len(rejects.dropped), "rejects_by_reason": rejects.counts(),
+                  "params": {k: v for k, v in dataclasses.asdict(cfg).items()
+                             if k not in ("threads", "workers")},
+                  "selected_epoch": selected, "val": val, "test": test}
+        rejects.write(outputs.file(rejects_path))
+        write_json(outputs.file(report_path), report)
     log.info("face attributes: test mean balanced accuracy %s",
              test and test["mean_balanced_accuracy"])
     return report
@@ -344,8 +391,11 @@ def cli(
     model_path: Path = typer.Argument(..., help="Checkpoint to write (models/face_attributes.pt)."),
     report_path: Path = typer.Argument(..., help="JSON report (reports/face_attributes.json)."),
     rejects_path: Path = typer.Argument(..., help="Rejects table (reports/face_attributes_rejects.parquet)."),
-    params: Path = typer.Option(Path("params.yaml"), help="Params file; reads its `face_attributes_train` section."),
+    live_dir: Path | None = typer.Option(None, help="DVCLive history directory (default: "
+                                             "<report dir>/face_attributes_train)."),
+    params: Path = typer.Option(Path("params.yaml"), help="Params file; reads its "
+                                "`face_attributes_train` section and `faces.size`."),
 ) -> None:
     """Train the CSWin face-attribute classifier on a CelebA-format directory."""
-    run(raw_dir, model_path, report_path, rejects_path,
-        from_params(FaceAttributesTrainConfig, params, STAGE))
+    run(raw_dir, model_path, report_path, rejects_path, config_from_params(load_params(params)),
+        live_dir=live_dir)

@@ -11,7 +11,10 @@ compressed; ``ids`` (manifest face ids, UTF-8) in manifest order. File attribute
 output-shaping parameter (``params`` JSON plus one attribute per key) and a SHA-256 of the ids.
 Only the parent process writes, in manifest order and in fixed-size blocks, so 1 and N workers
 give byte-identical files. Unusable images go to ``faces_rejects.parquet`` (``unreadable``,
-``empty``, ``truncated``, ``undecodable``, ``too_small``, ``bad_box``).
+``empty``, ``truncated``, ``undecodable``, ``too_small``, ``bad_box``). The store, the rejects
+table and ``faces_summary.json`` are committed together after the reject check: a run that fails
+on too many rejects leaves the previous three files as they were. ``faces.size`` is also the
+input size of the face-attribute classifier (``face_attributes_train`` reads it).
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ import numpy as np
 import typer
 
 from pipeline.common.config import ConfigError, from_params
-from pipeline.common.images import load_face
-from pipeline.common.io import atomic_file, write_json
+from pipeline.common.images import DEFAULT_FACE_SIZE, load_face
+from pipeline.common.io import output_group, write_json
 from pipeline.common.parallel import imap_ordered, resolve_workers
 from pipeline.common.probe import BadInput
 from pipeline.common.rejects import Rejects
@@ -50,6 +53,8 @@ COMPRESSIONS = ("none", "gzip", "lzf")
 TASK_SIZE = 16  # images per worker task (amortizes inter-process overhead; no effect on output)
 FLUSH_IMAGES = 256  # images per HDF5 write (fixed, so the file bytes do not depend on workers)
 READ_BATCH = 4096  # manifest rows read at a time
+# How the work is done (workers) and the tolerance that only decides whether the stage fails:
+# neither changes a stored value, so neither is recorded in the store.
 RUNTIME_KEYS = ("workers", "max_reject_fraction")
 
 Item = tuple[str, str, str, tuple[float, float, float, float] | None]  # id, rel path, abs path, box
@@ -58,7 +63,7 @@ Result = tuple[str, str, str, np.ndarray | None, str]  # id, rel path, status, i
 
 @dataclass(frozen=True)
 class FacesConfig:
-    size: int = 64
+    size: int = DEFAULT_FACE_SIZE
     min_size: int = 32
     compression: str = "gzip"
     workers: int = 0
@@ -190,8 +195,8 @@ def run(raw_dir: Path, manifest_dir: Path, out_dir: Path, cfg: FacesConfig) -> d
     log.info("faces: %d manifest faces -> %d px crops with %d worker(s)", total, cfg.size, workers)
     results = imap_ordered(functools.partial(_task, cfg), _chunks(items, TASK_SIZE),
                            workers=workers, desc=STAGE, total=-(-total // TASK_SIZE))
-    with atomic_file(out_dir / STORE_FILE) as tmp:
-        writer = FaceWriter(tmp, cfg)
+    with output_group() as outputs:
+        writer = FaceWriter(outputs.file(out_dir / STORE_FILE), cfg)
         try:
             for batch in results:
                 for uid, rel, status, image, detail in batch:
@@ -205,9 +210,9 @@ def run(raw_dir: Path, manifest_dir: Path, out_dir: Path, cfg: FacesConfig) -> d
         summary = {"stage": STAGE, "manifest_rows": total, "stored": len(writer.ids),
                    "rejected": len(rejects), "rejects_by_reason": rejects.counts(),
                    "params": cfg.recorded()}
-        rejects.write(out_dir / REJECTS_FILE)
-        write_json(out_dir / SUMMARY_FILE, summary)
-        rejects.check(total, cfg.max_reject_fraction)
+        rejects.write(outputs.file(out_dir / REJECTS_FILE))
+        write_json(outputs.file(out_dir / SUMMARY_FILE), summary)
+        rejects.check(total, cfg.max_reject_fraction)  # raises: no output is replaced
     log.info("faces: %d stored, %d rejected %s", summary["stored"], summary["rejected"],
              summary["rejects_by_reason"])
     return summary

@@ -10,39 +10,50 @@ from __future__ import annotations
 import logging
 import math
 import zlib
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import polars as pl
 import typer
 
-from pipeline.common.config import from_params
+from pipeline.common.config import ConfigError, build, load_params, section
 from pipeline.common.io import atomic_dir, write_json
 from pipeline.common.parallel import imap_ordered
 from pipeline.common.probe import BadInput, probe_audio, probe_image
-from pipeline.common.rejects import Rejects
+from pipeline.common.rejects import Rejects, TooManyRejects
 from pipeline.sources import scan
-from pipeline.sources.layout import resolve_root
+from pipeline.sources.layout import TreeError, misplaced_hint, resolve_root
 from pipeline.sources.layouts import get_layout
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 ITEM_SPLITS = (*SPLITS, "seen_heard")
+# Rejects listed in the table but not counted against max_reject_fraction: list lines whose
+# image was never fetched are normal for VGGFace v1 (dead URLs); they are not files under the root.
+UNCOUNTED = frozenset({scan.NOT_ON_DISK})
 
 
 @dataclass(frozen=True)
 class ManifestConfig:
+    """The ``manifest`` params section; every default equals params.yaml (tests check it)."""
+
+    # Fields read from another stage's section, so a knob shared by two stages is stated once
+    # in params.yaml: field -> (section, key).
+    shared_params: ClassVar[dict[str, tuple[str, str]]] = {"min_face_size": ("faces", "min_size")}
+
     layout: str = "voxceleb1"
     val_initials: str = "AB"
     test_initials: str = "CDE"
-    seen_heard_fraction: float = 0.25
+    seen_heard_fraction: float = 0.33
     seed: int = 0
     expected_sample_rate: int = 16000
     expected_channels: int = 1
-    min_face_size: int = 32
+    min_face_size: int = 32  # faces.min_size
     workers: int = 0
     max_reject_fraction: float = 0.05
 
@@ -52,6 +63,18 @@ class ManifestConfig:
             raise ValueError(f"manifest: initials {sorted(val & test)} are in both val and test")
         if not 0.0 <= self.seen_heard_fraction < 1.0:
             raise ValueError("manifest.seen_heard_fraction must be in [0, 1)")
+
+
+def config_from_params(params: Mapping[str, Any]) -> ManifestConfig:
+    """The ``manifest`` section plus the shared knobs (``faces.min_size``) of a params mapping."""
+    values = section(params, "manifest")
+    for name, (other, key) in ManifestConfig.shared_params.items():
+        if name in values:
+            raise ConfigError(f"manifest.{name} is not a manifest param: set {other}.{key}, "
+                              "which the manifest reads too (a shared knob is stated once)")
+        if key in section(params, other):
+            values[name] = section(params, other)[key]
+    return build(ManifestConfig, values, name="manifest")
 
 
 def split_of(name: str, cfg: ManifestConfig) -> str:
@@ -204,25 +227,122 @@ def summarize(tables: dict[str, pl.DataFrame], excluded: dict, rejects: Rejects,
     }
 
 
-def run(raw_dir: Path, out_dir: Path, cfg: ManifestConfig) -> dict:
-    """Scan, validate, split and write the manifest tables into ``out_dir`` (atomically)."""
-    root = resolve_root(raw_dir)
-    rejects = Rejects("manifest")
+def _place_note(place: scan.Place, rejects: Rejects) -> str:
+    """What the scan passed over under ``place``, e.g. " The scan skipped 2 entries there ..."."""
+    rows = [r for r in rejects.rows
+            if r["path"] and r["path"].startswith(tuple(f"{p}/" for p in place.paths))]
+    if not rows:
+        return ""
+    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(Counter(r["reason"] for r in rows).items()))
+    first = "; ".join(f"`{r['path']}` ({r['detail']})" for r in rows[:3])
+    return f" The scan skipped {len(rows)} entries there ({reasons}), e.g. {first}."
+
+
+def check_modality(root: Path, kind: str, place: scan.Place | None, found: int, valid: int,
+                   rejects: Rejects, cfg: ManifestConfig) -> None:
+    """Raise :class:`TreeError` when a modality has no valid file at all."""
+    if valid:
+        return
+    what = "audio files" if kind == "audio" else "face images"
+    paths = place.paths if place else ()
+    where = ", ".join(f"`{p}/{place.shape}`" for p in paths) if place else "(unknown place)"
+    expected = f"expected {where}" if len(paths) < 2 else f"expected one of {where}"
+    if found:
+        bad = Counter(r["reason"] for r in rejects.dropped
+                      if r["path"] and r["path"].startswith(tuple(f"{p}/" for p in paths)))
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(bad.items()))
+        raise TreeError(f"manifest (layout {cfg.layout}): all {found} {what} were rejected "
+                        f"({reasons}); no identity has {kind}.")
+    note = _place_note(place, rejects) if place else ""
+    hint = misplaced_hint(root, *paths) if paths else ""
+    raise TreeError(f"manifest (layout {cfg.layout}): no {what} under {root}: {expected}. "
+                    f"{hint}{note}")
+
+
+def check_metadata(found: scan.Scan, rejects: Rejects, cfg: ManifestConfig) -> None:
+    """Raise :class:`TreeError` when the metadata lists no valid identity."""
+    if found.identities:
+        return
+    bad = Counter(r["reason"] for r in rejects.rows if r["reason"].startswith(("metadata", "dup")))
+    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(bad.items())) or "no rows"
+    raise TreeError(f"manifest (layout {cfg.layout}): the metadata lists no valid identity "
+                    f"({reasons}).")
+
+
+def check_identities(found: scan.Scan, tables: dict[str, pl.DataFrame], excluded: dict,
+                     cfg: ManifestConfig) -> None:
+    """Raise :class:`TreeError` when too many identities were excluded or a split is empty."""
+    rows = len(found.identities)
+    n_out = excluded["no_audio"] + excluded["no_faces"]
+    counts = (f"no audio: {excluded['no_audio']}, no faces: {excluded['no_faces']}; "
+              f"e.g. {', '.join(excluded['names'][:5])}")
+    if n_out / rows > cfg.max_reject_fraction:
+        raise TreeError(
+            f"manifest (layout {cfg.layout}): {n_out} of {rows} identities "
+            f"({n_out / rows:.1%}) have no valid audio or no valid face, above "
+            f"max_reject_fraction={cfg.max_reject_fraction:.1%} ({counts}). Check that the "
+            "audio and face folders belong to the people in the metadata.")
+    present = set(tables["identities"]["split"])
+    for split in SPLITS:
+        if split in present:
+            continue
+        letters = {"val": cfg.val_initials, "test": cfg.test_initials}.get(split)
+        rule = f"names starting with {', '.join(letters.upper())}" if letters else \
+            "names starting with any other letter"
+        listed = sum(split_of(row["name"], cfg) == split for row in found.identities)
+        why = f"; excluded identities: {n_out} ({counts})" if n_out else ""
+        raise TreeError(
+            f"manifest (layout {cfg.layout}): split {split} ({rule}) has no identities: the "
+            f"metadata lists {listed} such name(s){why}. Every split needs identities: check "
+            "manifest.val_initials / manifest.test_initials and the tree.")
+
+
+def collect(root: Path, cfg: ManifestConfig,
+            rejects: Rejects) -> tuple[scan.Scan, list[dict], list[dict], int]:
+    """Scan and validate; return the scan, valid audio and faces, and the scan's reject count.
+
+    Raises :class:`TreeError` when the metadata or a modality is missing (before probing files
+    when nothing was found, after it when every file was rejected).
+    """
     found = get_layout(cfg.layout)(root, rejects)
-    scan_rejects = len(rejects.dropped)  # bad metadata rows and orphan folders
+    # bad metadata rows, orphan folders and skipped files (not list lines without an image)
+    scan_rejects = sum(r["reason"] not in UNCOUNTED for r in rejects.dropped)
     log.info("found %d identities, %d audio files, %d face files under %s",
              len(found.identities), len(found.audio), len(found.faces), root)
+    check_metadata(found, rejects, cfg)
+    modalities = (("audio", found.audio, found.audio_place),
+                  ("faces", found.faces, found.faces_place))
+    for kind, items, place in modalities:
+        check_modality(root, kind, place, len(items), len(items), rejects, cfg)
     audio = validate(root, found.audio, "audio", cfg, rejects)
     faces = validate(root, found.faces, "face", cfg, rejects)
+    for (kind, items, place), valid in zip(modalities, (audio, faces), strict=True):
+        check_modality(root, kind, place, len(items), len(valid), rejects, cfg)
+    return found, audio, faces, scan_rejects
+
+
+def run(raw_dir: Path, out_dir: Path, cfg: ManifestConfig) -> dict:
+    """Scan, validate, split and write the manifest tables into ``out_dir`` (atomically).
+
+    Raises :class:`TreeError` (nothing written) when the metadata or a modality is absent, a
+    split has no identities, or more identities than ``max_reject_fraction`` lack a modality;
+    and ``TooManyRejects`` when too many files are rejected.
+    """
+    root = resolve_root(raw_dir)
+    rejects = Rejects("manifest")
+    found, audio, faces, scan_rejects = collect(root, cfg, rejects)
     tables, excluded = build_tables(found, audio, faces, cfg)
+    check_identities(found, tables, excluded, cfg)
     total = len(found.audio) + len(found.faces) + len(found.identities) + scan_rejects
-    summary = summarize(tables, excluded, rejects, total, cfg)
+    counted = Rejects("manifest", [r for r in rejects.rows if r["reason"] not in UNCOUNTED])
+    summary = summarize(tables, excluded, counted, total, cfg)
+    summary["rejects_by_reason"] = rejects.counts()  # not_on_disk rows too
     with atomic_dir(out_dir) as tmp:
         for name, frame in tables.items():
             frame.write_parquet(tmp / f"{name}.parquet")
         rejects.write(tmp / "rejects.parquet")
         write_json(tmp / "summary.json", summary)
-        rejects.check(total, cfg.max_reject_fraction)
+        counted.check(total, cfg.max_reject_fraction)
     log.info("manifest: %s identities, %s utterances, %s faces, %d rejected",
              summary["identities"], summary["utterances"], summary["faces"], summary["rejected"])
     return summary
@@ -231,7 +351,12 @@ def run(raw_dir: Path, out_dir: Path, cfg: ManifestConfig) -> dict:
 def cli(
     raw_dir: Path = typer.Argument(..., help="Output of `acquire` (data/raw)."),
     out_dir: Path = typer.Argument(..., help="Where to write the manifest (data/manifest)."),
-    params: Path = typer.Option(Path("params.yaml"), help="Params file; reads its `manifest` section."),
+    params: Path = typer.Option(
+        Path("params.yaml"), help="Params file; reads `manifest` and `faces.min_size`."),
 ) -> None:
     """Index the raw data, validate files, and split identities by name initial."""
-    run(raw_dir, out_dir, from_params(ManifestConfig, params, "manifest"))
+    try:
+        run(raw_dir, out_dir, config_from_params(load_params(params)))
+    except (TreeError, TooManyRejects, ConfigError) as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(1) from None

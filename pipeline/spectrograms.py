@@ -1,10 +1,11 @@
 """``spectrograms`` stage: one log-magnitude STFT per utterance, stored once in an HDF5 file.
 
-Front end (per utterance): decode, downmix, resample to ``sample_rate`` (``pipeline.common.audio``),
-remove the DC mean, pre-emphasis, ``|STFT|`` (periodic Hann window of ``win_length`` centred in
-``n_fft``, ``center=True`` zero padding, as librosa), amplitude in dB (``20 log10 max(|S|, 1e-5)``,
-floored at ``max - top_db`` over all bins, as ``librosa.amplitude_to_db``), then the lowest
-``n_bins`` bins, then optional per-frequency mean/variance normalization over the utterance.
+Front end (per utterance): decode, downmix, resample to ``sample_rate``
+(``pipeline.common.audio``), optionally remove the DC mean (``remove_dc``), pre-emphasis (the
+first sample kept), ``|STFT|`` (periodic Hann window of ``win_length`` centred in ``n_fft``,
+``center=True`` zero padding, as librosa), amplitude in dB (``20 log10 max(|S|, 1e-5)``, floored
+at ``max - top_db`` over all bins, as ``librosa.amplitude_to_db``), then the lowest ``n_bins``
+bins, then optional per-frequency mean/variance normalization over the utterance.
 
 Presets (``spectrograms.preset``; a front-end key left unset (null) takes the preset's value, a
 key given in the params section overrides it):
@@ -15,16 +16,20 @@ key given in the params section overrides it):
   tensor covering about the same 3 s as AML, but each STFT frame costs a 512-point FFT instead
   of resampling to 22.05 kHz plus a 2048-point one, which keeps the whole default ``dvc repro``
   within its CPU budget.
-- ``aml``: AML's public code: 22,050 Hz, pre-emphasis 0.97, n_fft 2048, hop 512, dB, the
-  lowest 224 bins (0-2.4 kHz), 125 frames (about 2.9 s), no normalization.
+- ``aml``: AML's public code: 22,050 Hz, no DC removal, pre-emphasis 0.97, n_fft 2048, hop
+  512, dB, the lowest 224 bins (0-2.4 kHz), 125 frames (about 2.9 s), no normalization.
 
 Store layout (``spectrograms.h5``, read it with ``model.stores.SpectrogramStore``):
 ``data`` float16 ``(total_frames, n_bins)``, chunked ``(chunk_frames, n_bins)``, utterances
 stored back to back in manifest order (no padding); ``offsets`` int64 ``(n + 1,)`` so utterance
 ``i`` is ``data[offsets[i]:offsets[i + 1]]``; ``ids`` (manifest ids, fixed-length UTF-8) and ``durations``
-(seconds, float32). File attributes record every parameter (``params`` JSON plus one attribute
-per key) and a SHA-256 of the stored ids. The HDF5 file is written only by the parent process,
-in manifest order, so 1 and N workers give byte-identical files.
+(seconds, float32). File attributes record every parameter that shapes the stored values
+(``params`` JSON plus one attribute per key; not ``workers`` nor the ``max_reject_fraction``
+tolerance, so changing those never changes the store's bytes) and a SHA-256 of the stored ids.
+The HDF5 file is written only by the parent process, in manifest order, so 1 and N workers give
+byte-identical files. The store, ``spectrograms_rejects.parquet`` and
+``spectrograms_summary.json`` are committed together after the reject check: a run that fails
+on too many rejects leaves the previous three files as they were.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ import typer
 
 from pipeline.common.audio import check_signal, iter_columns, load_audio, read_utterances
 from pipeline.common.config import ConfigError, from_params
-from pipeline.common.io import atomic_file, write_json
+from pipeline.common.io import output_group, write_json
 from pipeline.common.parallel import imap_ordered
 from pipeline.common.probe import BadInput
 from pipeline.common.rejects import Rejects
@@ -62,15 +67,17 @@ INDEX_CHUNK = 1024  # HDF5 chunk length of the ids/offsets/durations datasets
 TASK_SIZE = 8  # clips per pool task: the per-clip work is a few ms, so batch the messages
 AMIN = 1e-5  # amplitude floor before log10, as librosa.amplitude_to_db
 NORMALIZATIONS = ("none", "cmvn")
-# Keys that change how the work is done but not a single output byte; not recorded in the store.
-RUNTIME_KEYS = ("workers",)
+# Keys that change how the work is done (workers) or only whether the stage fails (the reject
+# tolerance), never a stored value: kept out of the store's attributes. The summary records the
+# tolerance (``summary_params``).
+RUNTIME_KEYS = ("workers", "max_reject_fraction")
 
 PRESETS: dict[str, dict[str, Any]] = {
     "speaker16k": {"sample_rate": 16000, "n_fft": 512, "win_length": 512, "hop_length": 384,
                    "n_bins": 224, "frames": 125, "pre_emphasis": 0.97, "remove_dc": True,
                    "top_db": 80.0, "normalization": "cmvn"},
     "aml": {"sample_rate": 22050, "n_fft": 2048, "win_length": 2048, "hop_length": 512,
-            "n_bins": 224, "frames": 125, "pre_emphasis": 0.97, "remove_dc": True,
+            "n_bins": 224, "frames": 125, "pre_emphasis": 0.97, "remove_dc": False,
             "top_db": 80.0, "normalization": "none"},
 }
 DEFAULT_PRESET = "speaker16k"
@@ -118,8 +125,12 @@ class SpectrogramConfig:
             raise ConfigError("spectrograms.pre_emphasis must be in [0, 1)")
 
     def recorded(self) -> dict[str, Any]:
-        """Every parameter that shapes the output (all keys but ``RUNTIME_KEYS``)."""
+        """Every parameter that shapes the stored values (all keys but ``RUNTIME_KEYS``)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in RUNTIME_KEYS}
+
+    def summary_params(self) -> dict[str, Any]:
+        """The summary's record: every key but ``workers`` (the tolerance included)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "workers"}
 
 
 def _window(cfg: SpectrogramConfig) -> np.ndarray:
@@ -276,7 +287,7 @@ def _summary(cfg: SpectrogramConfig, total: int, writer: SpectrogramWriter,
         "frames_mean": round(writer.frames_total / writer.n_items, 2) if writer.n_items else 0.0,
         "shorter_than_crop": writer.shorter_than_crop,
         "audio_seconds": round(writer.seconds, 3),
-        "params": cfg.recorded(),
+        "params": cfg.summary_params(),
     }
 
 
@@ -289,8 +300,9 @@ def run(raw_dir: Path, manifest_dir: Path, out_dir: Path, cfg: SpectrogramConfig
     results = imap_ordered(functools.partial(_task, cfg),
                            ((uid, str(root / rel)) for uid, rel in iter_columns(table, "id", "path")),
                            workers=cfg.workers, desc=STAGE, total=table.height, chunksize=TASK_SIZE)
-    with atomic_file(out_dir / STORE_FILE) as tmp:
-        writer = SpectrogramWriter(tmp, cfg, id_bytes=int(table["id"].str.len_bytes().max() or 1))
+    with output_group() as outputs:
+        store = outputs.file(out_dir / STORE_FILE)
+        writer = SpectrogramWriter(store, cfg, id_bytes=int(table["id"].str.len_bytes().max() or 1))
         try:
             for (uid, rel), (status, spec, extra) in zip(iter_columns(table, "id", "path"), results,
                                                          strict=True):
@@ -302,9 +314,9 @@ def run(raw_dir: Path, manifest_dir: Path, out_dir: Path, cfg: SpectrogramConfig
             summary = _summary(cfg, table.height, writer, rejects)
         finally:
             writer.close()
-        rejects.write(out_dir / REJECTS_FILE)
-        write_json(out_dir / SUMMARY_FILE, summary)
-        rejects.check(table.height, cfg.max_reject_fraction)
+        rejects.write(outputs.file(out_dir / REJECTS_FILE))
+        write_json(outputs.file(out_dir / SUMMARY_FILE), summary)
+        rejects.check(table.height, cfg.max_reject_fraction)  # raises: no output is replaced
     log.info("spectrograms: %d stored (%d frames), %d rejected %s", summary["stored"],
              summary["frames_total"], summary["rejected"], summary["rejects_by_reason"])
     return summary

@@ -2,21 +2,47 @@
 
 The papers train and evaluate on tuples drawn once before training (AML IV-B: "we randomly
 select data tuples before training and fixed them"). This stage draws them from the manifest
-and stores them by manifest id only, in ``data/tuples/``:
+items that every feature store of their modality holds (voices: ``spectrograms.h5`` and
+``audio_attributes.parquet``; faces: ``faces.h5`` and ``face_attributes.parquet``; the others
+are rejected as ``missing_features``, see :mod:`pipeline.tupling.inputs`), and stores them by
+manifest id only, in ``data/tuples/``, one subdirectory per split (:mod:`pipeline.tupling.layout`)::
+
+    data/tuples/{train,val,test,seen_heard}/{matching,pairs,retrieval}.parquet
+    data/tuples/rejects.parquet
+    data/tuples/summary.json
+
+Each split file holds only that split's rows and keeps the ``split`` column; concatenating the
+four files of a table in that split order gives the whole table, row for row. The train stage
+depends on the ``train/`` and ``val/`` files only. The tables:
 
 - ``matching.parquet``: ``split, direction, constraint, k, query_id, candidate_ids, label,
   seed``. ``direction`` is ``v2f`` (voice query, face candidates) or ``f2v``. One positive
   (same identity, by default from another video than the query) and ``k - 1`` negatives from
   distinct other identities; constraint ``U`` (none), ``G`` (negatives share the query
   identity's gender), ``N`` (nationality) or ``GN`` (both). ``label`` is the positive's
-  position: an exactly balanced shuffle in ``train`` (for the matching classifier), always 0
-  in ``val``/``test``/``seen_heard`` so the first ``k'`` candidates of a 10-candidate tuple are
-  a 1:k' tuple (:func:`truncate`).
+  position, in every split an exactly balanced seeded shuffle over the ``m`` rows of a stream
+  (each position ``m // k`` times plus ``m % k`` distinct random positions once more; see
+  :func:`pipeline.tupling.sample.balanced_positions`), so a scorer that breaks ties by
+  position, or a head that sees slots, gets chance and no more.
+- 1:k' tuples for the accuracy-vs-k curve are derived from the 1:k (``multiway_k``) tuples of
+  one stream by :func:`pipeline.tupling.truncation.truncate`: the positive plus the first
+  ``k' - 1`` negatives (candidate order, skipping the positive); the positive's new positions
+  over the ``m`` rows of the stream, in table order, are ``balanced_positions(rng, m, k')`` with
+  ``rng = numpy.random.default_rng([seed, k'])`` (``seed`` is the stream's ``seed`` column);
+  the negatives fill the other positions in order; ``k' == k`` keeps the stored tuples. A
+  stream lies in one split, so each split's ``matching.parquet`` holds whole streams.
 - ``pairs.parquet``: ``split, direction, constraint, query_id, candidate_id, same, seed``;
   verification pairs, exactly half positive, constraints ``U``/``G``.
-- ``retrieval.parquet``: one row per ``split, direction`` with ``query_ids`` and
-  ``gallery_ids`` (lists); the relevant items of a query are its identity's gallery items.
-- ``rejects.parquet`` and ``summary.json`` (counts, label balance, shortfalls, checks).
+- ``retrieval.parquet``: one row per ``split, direction``: ``exclude_same_video`` and the
+  parallel lists ``query_ids, query_identities, query_videos`` and ``gallery_ids,
+  gallery_identities, gallery_videos``. The gallery is every candidate-modality item of the
+  split, stored once; the gallery of query ``i`` is the items ``j`` with ``not
+  (exclude_same_video and gallery_videos[j] == query_videos[i])``: with
+  ``retrieval_same_video: false`` (the default, like ``positive_same_video``) items from the
+  query's own video are left out, not counted as irrelevant. Relevant items are those of the
+  query's identity; a query is listed only when it has at least one.
+- ``rejects.parquet`` and ``summary.json`` (counts, rows per split file, feature stores, label
+  balance, shortfalls, retrieval exclusions, checks), at the top: they cover every split.
 
 Seeds. Every stream (kind, split, direction, constraint, k) has its own generator,
 ``numpy.random.default_rng(stream_seed)`` with ::
@@ -26,7 +52,7 @@ Seeds. Every stream (kind, split, direction, constraint, k) has its own generato
 
 where split is train 1, val 2, test 3, seen_heard 4; kind is matching 1, pairs 2; direction is
 v2f 1, f2v 2; constraint is U 1, G 2, N 3, GN 4. A stream depends only on its own count, the
-manifest items of its split and the positive-video rule, so e.g. changing the train counts
+usable items of its split and the positive-video rule, so e.g. changing the train counts
 never changes a test tuple. The value is stored in the ``seed`` column.
 
 Shortfall. A requested tuple whose query cannot be filled (no allowed positive, too few
@@ -49,8 +75,9 @@ from pipeline.common.config import from_params
 from pipeline.common.io import atomic_dir, write_json
 from pipeline.common.rejects import Rejects
 from pipeline.tupling import check as tuples_check
+from pipeline.tupling import layout
 from pipeline.tupling import sample as tuples_sample
-from pipeline.tupling.inputs import ITEM_SPLITS, Manifest, load
+from pipeline.tupling.inputs import ITEM_SPLITS, Manifest, load, read_stores
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +92,15 @@ BINARY_K = 2
 
 @dataclass(frozen=True)
 class TuplesConfig:
-    """Counts are per split x direction x constraint; 0 skips a stream."""
+    """Counts are per split x direction x constraint; 0 skips a stream.
+
+    The defaults equal ``params.yaml``'s ``tuples`` section (asserted by the tests).
+    """
 
     seed: int = 0
     positive_same_video: bool = False
-    seen_heard_positive_same_video: bool = True
+    seen_heard_positive_same_video: bool = False
+    retrieval_same_video: bool = False
     multiway_k: int = 10
     train_constraints: tuple[str, ...] = ("U",)
     eval_constraints: tuple[str, ...] = CONSTRAINTS
@@ -117,6 +148,10 @@ class TuplesConfig:
     def same_video_ok(self, split: str) -> bool:
         """Whether a positive may come from the query's own video in ``split``."""
         return self.seen_heard_positive_same_video if split == "seen_heard" else self.positive_same_video
+
+    def same_video_rules(self) -> dict[str, bool]:
+        """:meth:`same_video_ok` for every split (plain values for the validator)."""
+        return {split: self.same_video_ok(split) for split in ITEM_SPLITS}
 
 
 @dataclass(frozen=True)
@@ -192,7 +227,7 @@ def _header(stream: Stream, m: int, seed: int) -> dict[str, pl.Series]:
 
 def matching_frame(stream: Stream, view: SplitView, drawn: tuples_sample.Draw,
                    rng: np.random.Generator, seed: int) -> pl.DataFrame:
-    candidates, label = tuples_sample.place(rng, drawn, stream.k, random_label=stream.split == "train")
+    candidates, label = tuples_sample.place(rng, drawn, stream.k)
     m = len(label)
     ids = view.candidates["id"].gather(candidates.ravel()).reshape((m, stream.k))  # (m, k) array
     return pl.DataFrame({**_header(stream, m, seed),
@@ -229,21 +264,42 @@ def stream_summary(stream: Stream, frame: pl.DataFrame, drawn: tuples_sample.Dra
     return out
 
 
-def retrieval_frame(manifest: Manifest) -> tuple[pl.DataFrame, dict]:
-    """Per split and direction: every query item with a relevant gallery item, and the gallery."""
+RETRIEVAL_SCHEMA = {"split": pl.Utf8, "direction": pl.Utf8, "exclude_same_video": pl.Boolean,
+                    "query_ids": pl.List(pl.Utf8), "query_identities": pl.List(pl.Utf8),
+                    "query_videos": pl.List(pl.Utf8), "gallery_ids": pl.List(pl.Utf8),
+                    "gallery_identities": pl.List(pl.Utf8), "gallery_videos": pl.List(pl.Utf8)}
+
+
+def retrieval_row(view: SplitView, split: str, direction: str, same_video: bool) -> tuple[dict, dict]:
+    """One retrieval row (queries with a relevant item, whole gallery) and its summary."""
+    q_ident, q_video = view.queries["ident"].to_numpy(), view.queries["video_code"].to_numpy()
+    relevant = tuples_sample.positive_count(view.pool, q_ident, q_video, same_video)  # (n_queries,)
+    own = tuples_sample.positive_count(view.pool, q_ident, q_video, True) - relevant
+    keep = relevant > 0
+    queries = view.queries.filter(pl.Series(keep))
+    per_video = np.bincount(view.candidates["video_code"].to_numpy(), minlength=view.pool.n_videos)
+    excluded = 0 if same_video else int(per_video[queries["video_code"].to_numpy()].sum())
+    row = {"split": split, "direction": direction, "exclude_same_video": not same_video,
+           "query_ids": queries["id"].to_list(), "query_identities": queries["identity"].to_list(),
+           "query_videos": queries["video"].to_list(), "gallery_ids": view.candidates["id"].to_list(),
+           "gallery_identities": view.candidates["identity"].to_list(),
+           "gallery_videos": view.candidates["video"].to_list()}
+    summary = {"queries": queries.height, "gallery": view.candidates.height,
+               "queries_without_relevant": int((~keep).sum()),
+               "excluded_pairs": excluded,
+               "excluded_relevant_pairs": 0 if same_video else int(own[keep].sum())}
+    return row, summary
+
+
+def retrieval_frame(manifest: Manifest, same_video: bool) -> tuple[pl.DataFrame, dict]:
+    """Per split and direction: the queries with a relevant gallery item, and the gallery."""
     rows, summary = [], {}
     for split in ITEM_SPLITS:
         for direction in DIRECTIONS:
-            view = split_view(manifest, split, direction)
-            relevant = view.pool.count[view.queries["ident"].to_numpy()] > 0
-            queries = view.queries.filter(pl.Series(relevant))
-            rows.append({"split": split, "direction": direction, "query_ids": queries["id"].to_list(),
-                         "gallery_ids": view.candidates["id"].to_list()})
-            summary[f"{split}/{direction}"] = {"queries": queries.height, "gallery": view.candidates.height,
-                                               "queries_without_relevant": int((~relevant).sum())}
-    schema = {"split": pl.Utf8, "direction": pl.Utf8, "query_ids": pl.List(pl.Utf8),
-              "gallery_ids": pl.List(pl.Utf8)}
-    return pl.DataFrame(rows, schema=schema), summary
+            row, summary[f"{split}/{direction}"] = retrieval_row(split_view(manifest, split, direction),
+                                                                 split, direction, same_video)
+            rows.append(row)
+    return pl.DataFrame(rows, schema=RETRIEVAL_SCHEMA), summary
 
 
 def draw_all(manifest: Manifest, cfg: TuplesConfig) -> tuple[dict[str, pl.DataFrame], dict]:
@@ -290,7 +346,8 @@ def shortfall_messages(stats: dict) -> list[str]:
 
 
 def summarize(manifest: Manifest, cfg: TuplesConfig, tables: dict[str, pl.DataFrame], stats: dict,
-              retrieval: dict, rejects: Rejects, total: int, checks: dict[str, int]) -> dict:
+              retrieval: dict, rejects: Rejects, total: int, features: dict,
+              checks: dict[str, int], rows_by_split: dict[str, dict[str, int]]) -> dict:
     identities = dict(manifest.identities.group_by("split").len().iter_rows())
     inputs = {"rows_read": total, "identities": {s: int(n) for s, n in sorted(identities.items())},
               "utterances": manifest.items["voice"].height, "faces": manifest.items["face"].height}
@@ -298,10 +355,13 @@ def summarize(manifest: Manifest, cfg: TuplesConfig, tables: dict[str, pl.DataFr
         "seed": cfg.seed,
         "positive_same_video": cfg.positive_same_video,
         "seen_heard_positive_same_video": cfg.seen_heard_positive_same_video,
+        "retrieval_same_video": cfg.retrieval_same_video,
         "inputs": inputs,
+        "features": features,
         "rejected": len(rejects.dropped), "recorded_anomalies": len(rejects) - len(rejects.dropped),
         "rejects_by_reason": rejects.counts(),
         "rows": {name: frame.height for name, frame in tables.items()},
+        "rows_by_split": rows_by_split,
         "streams": stats,
         "retrieval": retrieval,
         "shortfalls": shortfall_messages(stats),
@@ -309,42 +369,50 @@ def summarize(manifest: Manifest, cfg: TuplesConfig, tables: dict[str, pl.DataFr
     }
 
 
-def run(manifest_dir: Path, out_dir: Path, cfg: TuplesConfig) -> dict:
-    """Draw, check and write all tuple tables into ``out_dir`` (atomically)."""
+def build_tables(manifest: Manifest, cfg: TuplesConfig) -> tuple[dict[str, pl.DataFrame], dict, dict]:
+    """Every table, whole (all splits, in :data:`~pipeline.tupling.layout.SPLITS` order), in memory:
+    ``({"matching", "pairs", "retrieval"} -> frame, per-stream stats, retrieval stats)``."""
+    tables, stats = draw_all(manifest, cfg)
+    tables["retrieval"], retrieval = retrieval_frame(manifest, cfg.retrieval_same_video)
+    return tables, stats, retrieval
+
+
+def run(manifest_dir: Path, features_dir: Path, out_dir: Path, cfg: TuplesConfig) -> dict:
+    """Draw, check and write all tuple tables into ``out_dir`` (atomically, as one directory).
+
+    Only items held by every feature store of their modality under ``features_dir`` are used
+    (see :mod:`pipeline.tupling.inputs`). The checks run on the whole tables (every split)
+    before they are cut into ``out_dir/<split>/`` files (see :mod:`pipeline.tupling.layout`).
+    """
     rejects = Rejects("tuples")
-    manifest, total = load(Path(manifest_dir), rejects)
+    stores = read_stores(Path(features_dir))
+    manifest, total, features = load(Path(manifest_dir), rejects, stores)
     with atomic_dir(out_dir) as tmp:
-        rejects.write(tmp / "rejects.parquet")
+        rejects.write(tmp / layout.REJECTS)
         rejects.check(total, cfg.max_reject_fraction)
-        tables, stats = draw_all(manifest, cfg)
-        tables["retrieval"], retrieval = retrieval_frame(manifest)
-        checks = tuples_check.validate(manifest, tables, cfg)
-        for name, frame in tables.items():
-            frame.write_parquet(tmp / f"{name}.parquet")
-        summary = summarize(manifest, cfg, tables, stats, retrieval, rejects, total, checks)
-        write_json(tmp / "summary.json", summary)
+        tables, stats, retrieval = build_tables(manifest, cfg)
+        checks = tuples_check.validate(manifest, tables, same_video_ok=cfg.same_video_rules(),
+                                       retrieval_same_video=cfg.retrieval_same_video)
+        rows_by_split = layout.write_tables(tmp, tables)
+        summary = summarize(manifest, cfg, tables, stats, retrieval, rejects, total, features, checks,
+                            rows_by_split)
+        write_json(tmp / layout.SUMMARY, summary)
     for line in summary["shortfalls"]:
         log.warning("tuples shortfall: %s", line)
     log.info("tuples: %s", summary["rows"])
     return summary
 
 
-def truncate(matching: pl.DataFrame, k: int) -> pl.DataFrame:
-    """1:k tuples from longer ones: the first ``k`` candidates of each tuple with ``k`` or more.
-
-    Valid only where the positive is among them (always for evaluation splits, whose positive
-    is first); a tuple whose label is ``>= k`` raises ``ValueError``.
-    """
-    rows = matching.filter(pl.col("k") >= k)
-    if rows.filter(pl.col("label") >= k).height:
-        raise ValueError(f"cannot truncate to 1:{k}: some positives are at position >= {k}")
-    return rows.with_columns(pl.col("candidate_ids").list.head(k), k=pl.lit(k, dtype=pl.Int32))
-
-
 def cli(
     manifest_dir: Path = typer.Argument(..., help="Output of `manifest` (data/manifest)."),
-    out_dir: Path = typer.Argument(..., help="Where to write the tuple tables (data/tuples)."),
+    features_dir: Path = typer.Argument(..., help="The feature stores (data/features): "
+                                        "spectrograms.h5, audio_attributes.parquet, faces.h5, "
+                                        "face_attributes.parquet."),
+    out_dir: Path = typer.Argument(..., help="Where to write the tuple tables (data/tuples): "
+                                   "<split>/{matching,pairs,retrieval}.parquet per split, "
+                                   "rejects.parquet, summary.json."),
     params: Path = typer.Option(Path("params.yaml"), help="Params file; reads its `tuples` section."),
 ) -> None:
-    """Draw fixed matching tuples, verification pairs and retrieval lists from the manifest."""
-    run(manifest_dir, out_dir, from_params(TuplesConfig, params, "tuples"))
+    """Draw fixed matching tuples, verification pairs and retrieval lists from the manifest items
+    that every feature store holds."""
+    run(manifest_dir, features_dir, out_dir, from_params(TuplesConfig, params, "tuples"))

@@ -28,6 +28,10 @@ from pipeline.common.probe import BadInput
 
 Box = tuple[float, float, float, float]
 
+# The side of the stored faces and of the attribute classifier's input: one knob, ``faces.size``
+# in params.yaml (this is its dataclass default, equal to the shipped value).
+DEFAULT_FACE_SIZE = 64
+
 _SIXTEEN_BIT = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 
 

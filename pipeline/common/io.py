@@ -1,4 +1,12 @@
-"""Atomic output helpers: write to a temporary sibling, then rename into place."""
+"""Atomic output helpers: write to a temporary sibling, then rename into place.
+
+- :func:`atomic_file` / :func:`atomic_dir`: one output;
+- :func:`output_group`: several outputs that change together. A stage writes its store, rejects
+  table and summary to temp siblings, checks its reject limit, and only then moves them all into
+  place, so a failed run (e.g. too many rejects) leaves every previous output as it was.
+
+Temp names are hidden siblings ending in ``.tmp`` (git-ignored), removed on failure.
+"""
 
 from __future__ import annotations
 
@@ -57,6 +65,34 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+class OutputGroup:
+    """Temp siblings of a stage's outputs, all moved into place when :func:`output_group` exits
+    cleanly, none when it raises. Register with :meth:`file` / :meth:`dir`."""
+
+    def __init__(self, stack: contextlib.ExitStack) -> None:
+        self._stack = stack
+
+    def file(self, path: str | os.PathLike, suffix: str = "") -> Path:
+        """A temp file to write in place of ``path``."""
+        return self._stack.enter_context(atomic_file(path, suffix))
+
+    def dir(self, path: str | os.PathLike) -> Path:
+        """A temp directory to fill in place of ``path``."""
+        return self._stack.enter_context(atomic_dir(path))
+
+
+@contextlib.contextmanager
+def output_group() -> Iterator[OutputGroup]:
+    """Commit several outputs together: renamed only if the whole block succeeds.
+
+    The renames run in reverse registration order once the block is done (register the main
+    store first: it is replaced last). On an exception every temp file is removed and every
+    previous output is left untouched.
+    """
+    with contextlib.ExitStack() as stack:
+        yield OutputGroup(stack)
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:

@@ -64,7 +64,12 @@ class Rejects:
         write_parquet(path, self.frame())
 
     def check(self, total: int, max_fraction: float, *, show: int = 5) -> None:
-        """Raise ``TooManyRejects`` naming the first offenders when the fraction is exceeded."""
+        """Raise ``TooManyRejects`` when the fraction is exceeded.
+
+        The message gives the dropped count per reason and the first offenders: a stage that
+        fails here writes none of its outputs (the previous ones stay), so the message is
+        where the user sees what went wrong.
+        """
         dropped = self.dropped
         fraction = len(dropped) / total if total else 0.0
         if fraction <= max_fraction:
@@ -74,6 +79,10 @@ class Rejects:
             return
         first = "; ".join(f"{r['path'] or r['id']}: {r['reason']}" + (f" ({r['detail']})" if r["detail"] else "")
                           for r in dropped[:show])
+        by_reason: dict[str, int] = {}
+        for row in dropped:
+            by_reason[row["reason"]] = by_reason.get(row["reason"], 0) + 1
         raise TooManyRejects(
             f"{self.stage}: {len(dropped)} of {total} inputs rejected ({fraction:.1%}), above "
-            f"max_reject_fraction={max_fraction:.1%}. First offenders: {first}")
+            f"max_reject_fraction={max_fraction:.1%}; by reason: "
+            f"{dict(sorted(by_reason.items()))}. First offenders: {first}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Collection
 from pathlib import Path
 
 SOURCE_FILE = "source.json"
@@ -47,3 +48,63 @@ def resolve_root(raw_dir: str | os.PathLike) -> Path:
         if root:
             return Path(root).expanduser().resolve()
     return raw.resolve()
+
+
+class TreeError(ValueError):
+    """The data tree does not hold what its layout needs: a metadata file, a modality, or
+    enough identities for every split. The message names the expected path and, when one exists,
+    the nearest folder or file of that name found under the root."""
+
+
+def find_named(root: Path, name: str, *, skip: Collection[str] = (), max_depth: int = 4,
+               max_dirs: int = 20_000) -> str | None:
+    """The shallowest path under ``root`` named ``name`` (case-insensitive), relative to it.
+
+    Breadth first, in name order, at most ``max_depth`` levels deep and ``max_dirs`` folders read,
+    so a huge tree costs little; hidden entries and the paths in ``skip`` are not reported.
+    """
+    level, seen = [root], 0
+    for _ in range(max_depth):
+        found, deeper = [], []
+        for folder in level:
+            seen += 1
+            if seen > max_dirs:
+                return None
+            try:
+                with os.scandir(folder) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError:
+                continue
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                rel = Path(entry.path).relative_to(root).as_posix()
+                if entry.name.lower() == name.lower() and rel not in skip:
+                    found.append(rel)
+                if entry.is_dir():
+                    deeper.append(Path(entry.path))
+        if found:
+            return found[0]
+        level = deeper
+    return None
+
+
+def misplaced_hint(root: Path, *expected: str) -> str:
+    """Where the first of ``expected`` (paths relative to ``root``, any one of which would do)
+    might be instead, as one sentence naming the nearest match found under the root.
+
+    E.g. "Found `unzippedFaces/` at the root: expected under `voxceleb1/`."
+    """
+    for rel in expected:
+        want = Path(rel)
+        found = find_named(root, want.name, skip=expected)
+        if found is None:
+            continue
+        got = Path(found)
+        slash = "/" if (root / found).is_dir() else ""
+        where = "at the root" if got.parent == Path(".") else f"under `{got.parent.as_posix()}/`"
+        parent = want.parent.as_posix()
+        place = f"expected under `{parent}/`" if parent != "." else "expected at the root"
+        return f"Found `{got.name}{slash}` {where}: {place}."
+    names = " or ".join(f"`{Path(rel).name}`" for rel in dict.fromkeys(expected))
+    return f"Nothing named {names} within 4 levels of the root."

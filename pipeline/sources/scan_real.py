@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
 import re
 from pathlib import Path
 
@@ -26,13 +27,18 @@ from pipeline.common.rejects import Rejects
 from pipeline.sources import layout as L
 from pipeline.sources.scan import (
     IMAGE_SUFFIXES,
+    MISPLACED,
+    NOT_ON_DISK,
+    Place,
     Scan,
-    _sorted_dirs,
-    _sorted_files,
     layout,
+    listing,
+    media_files,
     name_key,
+    require_file,
     scan_audio_tree,
     scan_vox1_audio,
+    skip_all,
 )
 
 log = logging.getLogger(__name__)
@@ -51,7 +57,7 @@ def read_vox2_meta(path: Path, rejects: Rejects) -> list[dict]:
     rows = _csv_rows(path)
     header = tuple(rows[0]) if rows else ()
     if header != L.VOX2_META_HEADER:
-        raise ValueError(f"{path}: unexpected header {header!r}; expected {L.VOX2_META_HEADER!r}")
+        raise L.TreeError(f"{path}: unexpected header {header!r}; expected {L.VOX2_META_HEADER!r}")
     out: list[dict] = []
     seen: set[str] = set()
     for lineno, fields in enumerate(rows[1:], start=2):
@@ -77,18 +83,15 @@ def read_vggface2_names(path: Path) -> dict[str, str]:
     """``identity_meta.csv`` (``Class_ID, Name, Sample_Num, Flag, Gender``) -> ``{class: name}``."""
     rows = _csv_rows(path)
     if not rows or rows[0][:2] != ["Class_ID", "Name"]:
-        raise ValueError(f"{path}: expected a header starting with 'Class_ID, Name'; "
-                         f"got {rows[0] if rows else 'an empty file'}")
+        raise L.TreeError(f"{path}: expected a header starting with 'Class_ID, Name'; "
+                          f"got {rows[0] if rows else 'an empty file'}")
     return {r[0]: r[1] for r in rows[1:] if len(r) >= 2 and r[0] and r[1]}
 
 
 def vox2_identities(root: Path, rejects: Rejects) -> list[dict]:
     """vox2_meta rows joined with VGGFace2 names; rows without a name are rejected."""
-    meta, names_file = root / L.VOX2_META, root / L.VGGFACE2_META
-    for path in (meta, names_file):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: is {root} a VoxCeleb2 + VGGFace2 tree "
-                                    "(see docs/real-data.md)?")
+    meta = require_file(root, L.VOX2_META, "VoxCeleb2")
+    names_file = require_file(root, L.VGGFACE2_META, "VoxCeleb2 + VGGFace2")
     names = read_vggface2_names(names_file)
     identities = []
     for row in read_vox2_meta(meta, rejects):
@@ -102,19 +105,25 @@ def vox2_identities(root: Path, rejects: Rejects) -> list[dict]:
     return identities
 
 
+VGGFACE2_SHAPE = "<split>/nXXXXXX/NNNN_NN.jpg"
+
+
 def scan_vggface2(root: Path, by_class: dict[str, str], rejects: Rejects) -> list[dict]:
     """``vggface2/<split>/nXXXXXX/NNNN_NN.jpg`` for the classes that are VoxCeleb2 speakers."""
     items, other = [], 0
     for split in L.VGGFACE2_SPLITS:
         rel = f"{L.VGGFACE2}/{split}"
-        for folder in _sorted_dirs(root / rel):
+        folders, loose = listing(root / rel)
+        skip_all(rejects, MISPLACED, rel, loose, f"file outside a class folder ({VGGFACE2_SHAPE})")
+        for folder in folders:
             ident = by_class.get(folder.name)
             if ident is None:
                 other += 1  # VGGFace2 has 9,131 classes, VoxCeleb2 6,112 speakers
                 continue
-            for entry in _sorted_files(Path(folder.path), IMAGE_SUFFIXES):
+            base = f"{rel}/{folder.name}"
+            for entry in media_files(Path(folder.path), base, IMAGE_SUFFIXES, rejects):
                 stem = entry.name.rsplit(".", 1)[0]
-                path = f"{rel}/{folder.name}/{entry.name}"
+                path = f"{base}/{entry.name}"
                 match = VGGFACE2_STEM.match(stem)
                 if match is None:
                     rejects.add("bad_name", path=path, detail="expected <imageID>_<faceID>.jpg")
@@ -138,7 +147,10 @@ def scan_voxceleb2(root: Path, rejects: Rejects) -> Scan:
     faces = scan_vggface2(root, by_class, rejects)
     for row in identities:
         del row["vggface2"]
-    return Scan(identities, audio, faces)
+    return Scan(identities, audio, faces,
+                audio_place=Place(L.VOX2_AAC_DIRS, "idXXXXX/<ytid>/NNNNN.m4a"),
+                faces_place=Place(tuple(f"{L.VGGFACE2}/{s}" for s in L.VGGFACE2_SPLITS),
+                                  "nXXXXXX/NNNN_NN.jpg"))
 
 
 def read_vggface_list(path: Path, rel: str, rejects: Rejects) -> list[dict]:
@@ -166,30 +178,44 @@ def _image_key(stem: str) -> str:
     return str(int(stem)) if stem.isdigit() else stem
 
 
-def _vggface_images(folder: Path) -> dict[str, str]:
+def _vggface_images(root: Path, name: str, rejects: Rejects) -> dict[str, str]:
     """``{image id: file name}`` of the images fetched for one list (ids compared unpadded)."""
-    if not folder.is_dir():
-        return {}
+    rel = f"{L.VOX1_VGGFACE_IMAGES}/{name}"
     return {_image_key(e.name.rsplit(".", 1)[0]): e.name
-            for e in _sorted_files(folder, IMAGE_SUFFIXES)}
+            for e in media_files(root / rel, rel, IMAGE_SUFFIXES, rejects)}
+
+
+VGGFACE_SHAPE = "<Name>/<id>.jpg, listed in files/<Name>.txt"
+
+
+def _vggface_lists(root: Path, rejects: Rejects) -> list[os.DirEntry]:
+    """The ``files/<Name>.txt`` lists; other files there are recorded as skipped."""
+    lists = L.VOX1_VGGFACE_LISTS
+    if not (root / lists).is_dir():
+        raise L.TreeError(f"{lists}/ not found under {root}: VGGFace lists go to "
+                          f"{lists}/<Name>.txt (see docs/real-data.md). "
+                          f"{L.misplaced_hint(root, lists)}")
+    return media_files(root / lists, lists, (".txt",), rejects)
 
 
 def scan_vggface1(root: Path, by_name: dict[str, str], rejects: Rejects,
                   curated_only: bool) -> list[dict]:
-    """Images listed in ``files/<Name>.txt`` and present under ``images/<Name>/``, with boxes."""
-    lists = root / L.VOX1_VGGFACE_LISTS
-    if not lists.is_dir():
-        raise FileNotFoundError(f"{lists} not found: VGGFace lists go to "
-                                f"{L.VOX1_VGGFACE_LISTS}/<Name>.txt (see docs/real-data.md)")
-    items, absent, other = [], 0, 0
-    for entry in _sorted_files(lists, (".txt",)):
+    """Images listed in ``files/<Name>.txt`` and present under ``images/<Name>/``, with boxes.
+
+    Listed images that are not on disk (dead URLs, never fetched) are recorded as
+    ``not_on_disk``; images without a list line, and image folders without a list, as
+    ``no_metadata``.
+    """
+    items, absent, other, names = [], 0, 0, set()
+    for entry in _vggface_lists(root, rejects):
         name = entry.name[:-4]
+        names.add(name)
         ident = by_name.get(name_key(name))
         if ident is None:
             other += 1  # VGGFace has 2,622 identities, VoxCeleb1 1,251
             continue
         rel_list = f"{L.VOX1_VGGFACE_LISTS}/{entry.name}"
-        images = _vggface_images(root / L.VOX1_VGGFACE_IMAGES / name)
+        images = _vggface_images(root, name, rejects)
         listed = set()
         for row in read_vggface_list(Path(entry.path), rel_list, rejects):
             key = _image_key(row["id"])
@@ -198,6 +224,9 @@ def scan_vggface1(root: Path, by_name: dict[str, str], rejects: Rejects,
                 continue
             if key not in images:
                 absent += 1  # never fetched (many VGGFace URLs are dead)
+                rejects.add(NOT_ON_DISK, id=f"{ident}/vggface/{key}",
+                            path=f"{L.VOX1_VGGFACE_IMAGES}/{name}/{row['id']}.jpg",
+                            detail=f"listed in {rel_list}:{row['line']}, not on disk")
                 continue
             path = f"{L.VOX1_VGGFACE_IMAGES}/{name}/{images[key]}"
             if row["right"] <= row["left"] or row["bottom"] <= row["top"]:
@@ -209,14 +238,27 @@ def scan_vggface1(root: Path, by_name: dict[str, str], rejects: Rejects,
         for key in sorted(set(images) - listed):
             rejects.add("no_metadata", path=f"{L.VOX1_VGGFACE_IMAGES}/{name}/{images[key]}",
                         detail=f"image id {key} is not in {rel_list}")
+    _unlisted_folders(root, names, rejects)
     log.info("vggface: %d listed images found; %d listed but not on disk; %d lists of other "
              "identities skipped", len(items), absent, other)
     return items
 
 
+def _unlisted_folders(root: Path, names: set[str], rejects: Rejects) -> None:
+    """Record image folders that have no list, and files outside a name folder."""
+    rel = L.VOX1_VGGFACE_IMAGES
+    folders, loose = listing(root / rel)
+    skip_all(rejects, MISPLACED, rel, loose, f"file outside a name folder ({VGGFACE_SHAPE})")
+    for folder in folders:
+        if folder.name not in names:
+            rejects.add("no_metadata", path=f"{rel}/{folder.name}",
+                        detail=f"image folder with no {L.VOX1_VGGFACE_LISTS}/{folder.name}.txt")
+
+
 def _scan_vox1_vggface(root: Path, rejects: Rejects, curated_only: bool) -> Scan:
     found, by_name = scan_vox1_audio(root, rejects)
     found.faces = scan_vggface1(root, by_name, rejects, curated_only)
+    found.faces_place = Place((L.VOX1_VGGFACE_IMAGES,), VGGFACE_SHAPE)
     return found
 
 

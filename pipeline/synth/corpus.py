@@ -23,22 +23,33 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import typer
 
-from pipeline.common.config import from_params
+from pipeline.common.config import build, load_params, section
 from pipeline.common.io import atomic_dir
 from pipeline.common.parallel import imap_ordered
 from pipeline.sources import layout as L
 from pipeline.synth import face as F
 from pipeline.synth import voice as V
-from pipeline.synth.names import SPLIT_INITIALS, Person, apportion, sample_people
+from pipeline.synth.names import (
+    MIN_IDENTITIES,
+    TEST_INITIALS,
+    VAL_INITIALS,
+    Person,
+    apportion,
+    sample_people,
+    split_initials,
+)
 
 log = logging.getLogger(__name__)
 
+GENERATOR = "avmatch.pipeline.synth"  # in corpus.json: the package, so its bytes outlive moves
 GENERATOR_VERSION = "1.0"
 SIDECAR = "synthetic"
 YTID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
@@ -51,22 +62,26 @@ STREAM_VOX, STREAM_CELEBA, STREAM_CELEBA_PLAN = 2, 3, 4
 
 @dataclass(frozen=True)
 class SynthConfig:
-    """Size and difficulty of the synthetic corpus (params.yaml section ``synth``)."""
+    """Size and difficulty of the synthetic corpus (params.yaml section ``synth``).
+
+    Every default equals params.yaml (tests check it). The split letters are not here: they are
+    the manifest's (``manifest.val_initials`` / ``test_initials``), given to :func:`synthesize`.
+    """
 
     identities: int = 200
     seed: int = 0
     difficulty: float = 0.5  # 0 = voice strongly tied to shared traits, 1 = weakly, noisier channels
-    videos_per_identity: int = 3
-    utterances_per_video: int = 2
+    videos_per_identity: int = 6
+    utterances_per_video: int = 1
     utterance_seconds: tuple[float, float] = (3.0, 8.0)  # uniform range of utterance lengths
-    frames_per_video: int = 4
+    frames_per_video: int = 3
     face_size: int = 128  # face-track crop side, px
     celeba_identities: int = 200
     celeba_images_per_identity: int = 10
 
     def __post_init__(self) -> None:
-        if self.identities < 2 * len(SPLIT_INITIALS):
-            raise ValueError(f"synth.identities must be >= {2 * len(SPLIT_INITIALS)}; got {self.identities}")
+        if self.identities < MIN_IDENTITIES:
+            raise ValueError(f"synth.identities must be >= {MIN_IDENTITIES}; got {self.identities}")
         if not 0.0 <= self.difficulty <= 1.0:
             raise ValueError(f"synth.difficulty must be in [0, 1]; got {self.difficulty}")
         lo, hi = self.utterance_seconds
@@ -77,17 +92,26 @@ class SynthConfig:
                 raise ValueError(f"synth.{name} must be >= 1")
         if self.face_size < 32:
             raise ValueError(f"synth.face_size must be >= 32; got {self.face_size}")
-        if self.celeba_identities < 2 * len(SPLIT_INITIALS) or self.celeba_images_per_identity < 1:
-            raise ValueError(f"synth.celeba_identities must be >= {2 * len(SPLIT_INITIALS)} and "
+        if self.celeba_identities < MIN_IDENTITIES or self.celeba_images_per_identity < 1:
+            raise ValueError(f"synth.celeba_identities must be >= {MIN_IDENTITIES} and "
                              "synth.celeba_images_per_identity >= 1")
 
 
 def small_config(**overrides: object) -> SynthConfig:
-    """A fast corpus for tests: val/test/train identities of both genders, 2 videos each."""
+    """A fast corpus for tests (explicit overrides of the defaults): val/test/train identities
+    of both genders, 2 videos each, one utterance and two frames per video."""
     base = {"identities": 20, "videos_per_identity": 2, "utterances_per_video": 1,
             "utterance_seconds": (1.0, 1.5), "frames_per_video": 2, "face_size": 64,
             "celeba_identities": 12, "celeba_images_per_identity": 2}
     return SynthConfig(**{**base, **overrides})  # type: ignore[arg-type]
+
+
+def initials_from_params(params: Mapping[str, Any]) -> dict[str, str]:
+    """The manifest's split letters (``manifest.val_initials`` / ``test_initials``) of a params
+    mapping, for the generator; absent keys take the defaults (which equal params.yaml)."""
+    manifest = section(params, "manifest")
+    return split_initials(manifest.get("val_initials", VAL_INITIALS),
+                          manifest.get("test_initials", TEST_INITIALS))
 
 
 def _rng(seed: int, *key: int) -> np.random.Generator:
@@ -204,9 +228,9 @@ class CelebaPlan:
     images: tuple[tuple[int, ...], ...]
 
 
-def plan_celeba(cfg: SynthConfig) -> CelebaPlan:
+def plan_celeba(cfg: SynthConfig, initials: Mapping[str, str] | None = None) -> CelebaPlan:
     """Partition celebrities 8:1:1 and number images partition by partition (as CelebA does)."""
-    people = tuple(sample_people(cfg.celeba_identities, cfg.seed, stream=1))
+    people = tuple(sample_people(cfg.celeba_identities, cfg.seed, stream=1, initials=initials))
     rng = _rng(cfg.seed, STREAM_CELEBA_PLAN)
     k = len(people)
     sizes = apportion(k, CELEBA_PARTITION_WEIGHTS, lo=[1, 1, 1])
@@ -284,15 +308,16 @@ def write_sidecar(out_dir: Path, cfg: SynthConfig, people: list[Person], vox: li
                    "images": len(plan.images[r["index"]]), **_person_columns(plan.people[r["index"]]),
                    **_look_columns(r["look"])} for r in celeba]
     _write_csv(side / "celeba_identities.csv", celeb_rows)
-    corpus = {"generator": "avmatch.pipeline.synth.corpus", "version": GENERATOR_VERSION,
+    corpus = {"generator": GENERATOR, "version": GENERATOR_VERSION,
               "config": dataclasses.asdict(cfg), "summary": summary}
     (side / "corpus.json").write_text(json.dumps(corpus, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 # ---- entry points ---------------------------------------------------------------------------
 
-def _summary(cfg: SynthConfig, people: list[Person], vox: list[dict], plan: CelebaPlan) -> dict:
-    splits = {s: sum(p.initial in letters for p in people) for s, letters in SPLIT_INITIALS.items()}
+def _summary(cfg: SynthConfig, people: list[Person], vox: list[dict], plan: CelebaPlan,
+             initials: Mapping[str, str]) -> dict:
+    splits = {s: sum(p.initial in letters for p in people) for s, letters in initials.items()}
     videos = [v for r in vox for v in r["videos"]]
     return {
         "identities": len(people),
@@ -313,17 +338,20 @@ def _summary(cfg: SynthConfig, people: list[Person], vox: list[dict], plan: Cele
     }
 
 
-def synthesize(out_dir: Path, cfg: SynthConfig, workers: int | None = None) -> dict:
+def synthesize(out_dir: Path, cfg: SynthConfig, workers: int | None = None,
+               initials: Mapping[str, str] | None = None) -> dict:
     """Write the whole corpus into ``out_dir``; return a summary (counts, seconds of audio).
 
-    Identities are processed in parallel (``workers``; None or 0 = all cores); output is
-    byte-identical for any worker count.
+    ``initials`` are the manifest's split letters (:func:`initials_from_params`; default A-B
+    val, C-E test): every split gets identities of both genders. Identities are processed in
+    parallel (``workers``; None or 0 = all cores); output is byte-identical for any worker count.
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    people = sample_people(cfg.identities, cfg.seed)
+    initials = initials or split_initials()
+    people = sample_people(cfg.identities, cfg.seed, initials=initials)
     vox_ids = [f"id{FIRST_VOX_ID + i}" for i in range(len(people))]
-    plan = plan_celeba(cfg)
+    plan = plan_celeba(cfg, initials)
     tasks: list[VoxTask | CelebaTask] = [VoxTask(out_dir, cfg, i, vid, p)
                                          for i, (vid, p) in enumerate(zip(vox_ids, people, strict=True))]
     tasks += [CelebaTask(out_dir, cfg, i, p, plan.images[i]) for i, p in enumerate(plan.people)]
@@ -333,7 +361,7 @@ def synthesize(out_dir: Path, cfg: SynthConfig, workers: int | None = None) -> d
         (vox if result["kind"] == "vox" else celeba).append(result)
     write_vox_meta(out_dir, people, vox_ids)
     write_celeba_lists(out_dir, plan, {n: lab for r in celeba for n, lab in r["labels"].items()})
-    summary = _summary(cfg, people, vox, plan)
+    summary = _summary(cfg, people, vox, plan, initials)
     write_sidecar(out_dir, cfg, people, vox, plan, celeba, summary)
     log.info("synthesized %d identities, %d utterances (%.0f s of audio), %d faces, %d CelebA images "
              "in %.1f s", summary["identities"], summary["utterances"], summary["audio_seconds"],
@@ -348,13 +376,15 @@ def cli(
     difficulty: float | None = typer.Option(
         None, "--difficulty", help="0..1; higher = weaker voice-face link [default: 0.5]."),
     params: Path | None = typer.Option(
-        None, "--params", help="Take defaults from this file's `synth` section."),
+        None, "--params",
+        help="Take defaults from this file's `synth` section and manifest split letters."),
     workers: int = typer.Option(0, "--workers", help="Processes (0 = all cores)."),
 ) -> None:
     """Generate the embedded synthetic corpus (VoxCeleb1 + CelebA layouts) into OUT_DIR."""
-    cfg = from_params(SynthConfig, params, "synth") if params is not None else SynthConfig()
+    values = load_params(params) if params is not None else {}
+    cfg = build(SynthConfig, section(values, "synth"), name="synth")
     overrides = {"identities": identities, "seed": seed, "difficulty": difficulty}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     with atomic_dir(out_dir) as tmp:
-        summary = synthesize(tmp, cfg, workers=workers)
+        summary = synthesize(tmp, cfg, workers=workers, initials=initials_from_params(values))
     log.info("wrote %s: %s", out_dir, json.dumps(summary, sort_keys=True))

@@ -3,7 +3,7 @@
 Everything here is cheap: a 1,251-identity draw takes milliseconds and renders nothing, so the
 population statistics can be tested on their own. Counts are allocated with the largest-remainder
 method, so a draw of 1,251 identities reproduces VoxCeleb1's counts exactly, and small draws keep
-A-B (val), C-E (test) and F-Z (train) identities of both genders.
+val (A-B by default), test (C-E) and train (the other letters) identities of both genders.
 """
 
 from __future__ import annotations
@@ -31,10 +31,33 @@ NATIONALITY_COUNTS: dict[str, int] = {
     "Portugal": 1, "Croatia": 1, "Argentina": 1, "Guyana": 1, "Sri Lanka": 1,
     "Trinidad and Tobago": 1, "Iran": 1,
 }
-# Name-initial split used by the field (SVHF-Net, DIMNet, AML, P2VANet).
-SPLIT_INITIALS: dict[str, str] = {"val": "AB", "test": "CDE", "train": "FGHIJKLMNOPQRSTUVWXYZ"}
+# Name-initial split used by the field (SVHF-Net, DIMNet, AML, P2VANet). The generator is given
+# params.yaml's manifest.val_initials / manifest.test_initials (by `acquire`); these defaults
+# equal them (tests check it).
+VAL_INITIALS, TEST_INITIALS = "AB", "CDE"
+SPLITS = ("val", "test", "train")
 TEST_SET_INITIAL = "E"  # VoxCeleb1's own `Set` column: test is exactly the names starting with E
 MIN_PER_SPLIT = 2  # so every split can hold both genders
+MIN_IDENTITIES = MIN_PER_SPLIT * len(SPLITS)
+ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def split_initials(val: str = VAL_INITIALS, test: str = TEST_INITIALS) -> dict[str, str]:
+    """``{"val": ..., "test": ..., "train": every other letter}``, letters upper-case and sorted.
+
+    Raises ``ValueError`` when a split would have no letter or the two sets overlap.
+    """
+    val_set, test_set = set(val.upper()), set(test.upper())
+    if not (val_set | test_set) <= set(ALPHABET):
+        raise ValueError(f"split initials must be letters A-Z; got {val!r} and {test!r}")
+    if val_set & test_set:
+        raise ValueError(f"initials {sorted(val_set & test_set)} are in both val and test")
+    out = {"val": "".join(sorted(val_set)), "test": "".join(sorted(test_set)),
+           "train": "".join(c for c in ALPHABET if c not in val_set | test_set)}
+    empty = [s for s, letters in out.items() if not letters]
+    if empty:
+        raise ValueError(f"split initials leave {', '.join(empty)} without a letter")
+    return out
 
 # Accent / appearance group of each nationality: the shared trait that links voice and face.
 NATIONALITY_GROUP: dict[str, str] = {
@@ -202,22 +225,24 @@ def apportion(total: int, weights: Sequence[float], lo: Sequence[int] | None = N
     return shares
 
 
-def split_sizes(n: int) -> dict[str, int]:
+def split_sizes(n: int, initials: Mapping[str, str] | None = None) -> dict[str, int]:
     """Identities per name-initial split, proportional to VoxCeleb1, at least 2 in each."""
-    if n < MIN_PER_SPLIT * len(SPLIT_INITIALS):
-        raise ValueError(f"need at least {MIN_PER_SPLIT * len(SPLIT_INITIALS)} identities "
+    initials = initials or split_initials()
+    if n < MIN_IDENTITIES:
+        raise ValueError(f"need at least {MIN_IDENTITIES} identities "
                          f"(both genders in each of val/test/train); got {n}")
-    names = list(SPLIT_INITIALS)
-    weights = [sum(INITIAL_COUNTS[c] for c in SPLIT_INITIALS[s]) for s in names]
+    names = list(initials)
+    weights = [sum(INITIAL_COUNTS[c] for c in initials[s]) for s in names]
     shares = apportion(n, weights, lo=[MIN_PER_SPLIT] * len(names))
     return dict(zip(names, shares, strict=True))
 
 
-def initial_counts(n: int) -> dict[str, int]:
+def initial_counts(n: int, initials: Mapping[str, str] | None = None) -> dict[str, int]:
     """How many names start with each letter for ``n`` identities (exact for n = 1251)."""
+    initials = initials or split_initials()
     out: dict[str, int] = {}
-    for split, size in split_sizes(n).items():
-        letters = SPLIT_INITIALS[split]
+    for split, size in split_sizes(n, initials).items():
+        letters = initials[split]
         shares = apportion(size, [INITIAL_COUNTS[c] for c in letters])
         out.update(zip(letters, shares, strict=True))
     return out
@@ -240,14 +265,15 @@ def nationality_list(n: int) -> list[str]:
     return [c for c, k in zip(names, shares, strict=True) for _ in range(k)]
 
 
-def _initials_and_genders(n: int, rng: np.random.Generator) -> list[tuple[str, str]]:
+def _initials_and_genders(n: int, rng: np.random.Generator,
+                          initials: Mapping[str, str]) -> list[tuple[str, str]]:
     """(initial, gender) for every identity, genders shuffled within each split."""
-    counts = initial_counts(n)
-    sizes = split_sizes(n)
+    counts = initial_counts(n, initials)
+    sizes = split_sizes(n, initials)
     men = male_counts(sizes)
     pairs: list[tuple[str, str]] = []
     for split, size in sizes.items():
-        letters = [c for c in SPLIT_INITIALS[split] for _ in range(counts[c])]
+        letters = [c for c in initials[split] for _ in range(counts[c])]
         genders = np.array(["m"] * men[split] + ["f"] * (size - men[split]))
         genders = genders[rng.permutation(size)]
         pairs.extend(zip(letters, genders.tolist(), strict=True))
@@ -269,14 +295,17 @@ def draw_age(rng: np.random.Generator) -> float:
     return float(np.clip(rng.normal(42.0, 13.0), 18.0, 85.0))
 
 
-def sample_people(n: int, seed: int, stream: int = 0) -> list[Person]:
+def sample_people(n: int, seed: int, stream: int = 0,
+                  initials: Mapping[str, str] | None = None) -> list[Person]:
     """Draw ``n`` identities (names, gender, nationality, age, body), sorted by name.
 
-    Deterministic in ``(n, seed, stream)``; renders nothing, so it is cheap for any ``n``.
-    Different ``stream`` values give independent populations (VoxCeleb vs CelebA people).
+    ``initials`` (from :func:`split_initials`; default A-B val, C-E test) are the manifest's
+    split letters: every split gets at least two identities, of both genders. Deterministic in
+    ``(n, seed, stream, initials)``; renders nothing, so it is cheap for any ``n``. Different
+    ``stream`` values give independent populations (VoxCeleb vs CelebA people).
     """
     rng = np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=(stream,)))
-    pairs = _initials_and_genders(n, rng)
+    pairs = _initials_and_genders(n, rng, initials or split_initials())
     nationalities = nationality_list(n)
     order = rng.permutation(n)
     taken: set[str] = set()

@@ -1,1 +1,2 @@
-"""Helpers of the tuples stage: manifest inputs, seeded sampling, output validation."""
+"""Helpers of the tuples stage: inputs (manifest + feature-store ids), sampling, checks, 1:k'
+truncation, and the per-split output layout."""

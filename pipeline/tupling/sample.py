@@ -126,6 +126,13 @@ def _positive_slots(pool: Pool, q_ident: np.ndarray, q_video: np.ndarray,
     return slots, np.stack([lo - pool.start[q_ident], own])  # (2, m): own-video offset, length
 
 
+def positive_count(pool: Pool, q_ident: np.ndarray, q_video: np.ndarray,
+                   same_video_ok: bool) -> np.ndarray:
+    """Per query, the candidates of its identity it may be matched with (own video excluded
+    unless ``same_video_ok``)."""
+    return _positive_slots(pool, q_ident, q_video, same_video_ok)[0]
+
+
 def _draw_positives(rng: np.random.Generator, pool: Pool, q_ident: np.ndarray,
                     slots: np.ndarray, own: np.ndarray) -> np.ndarray:
     """One positive pool row per query, skipping the query's own video block when excluded."""
@@ -179,18 +186,31 @@ def draw(rng: np.random.Generator, q_ident: np.ndarray, q_video: np.ndarray, poo
                 same_video=same_video, shortfall=shortfall)
 
 
-def place(rng: np.random.Generator, draw_: Draw, k: int, random_label: bool
-          ) -> tuple[np.ndarray, np.ndarray]:
-    """Candidate matrix ``(m, k)`` and the positive's position.
+def place(rng: np.random.Generator, draw_: Draw, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate matrix ``(m, k)`` and the positive's position, in every split.
 
-    With ``random_label`` the positions are an exact balanced shuffle (each position used
-    ``m // k`` or ``m // k + 1`` times); otherwise the positive is first, so any prefix of
-    ``k' >= 2`` candidates is a valid 1:k' tuple.
+    The positions are an exactly balanced shuffle: each position holds the positive ``m // k``
+    or ``m // k + 1`` times, in random rows, so neither a tie-breaking scorer nor a head that
+    sees the slots can gain from position. The negatives fill the other slots in draw order.
     """
     m = len(draw_.query)
-    label = rng.permutation(np.arange(m) % k) if random_label else np.zeros(m, dtype=np.int64)
+    label = balanced_positions(rng, m, k)
+    return insert_positive(draw_.positive, draw_.negatives, label), label
+
+
+def balanced_positions(rng: np.random.Generator, m: int, k: int) -> np.ndarray:
+    """``m`` positions in ``0..k-1``: each ``m // k`` times, plus ``m % k`` distinct positions
+    drawn at random once more (no position favoured), in a random order."""
+    full, extra = divmod(m, k)
+    labels = np.concatenate([np.tile(np.arange(k), full), rng.choice(k, size=extra, replace=False)])
+    return rng.permutation(labels).astype(np.int64)
+
+
+def insert_positive(positive: np.ndarray, negatives: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """Rows of ``negatives`` ``(m, k - 1)`` with ``positive[i]`` inserted at ``label[i]``: ``(m, k)``."""
+    m, k = len(label), negatives.shape[1] + 1
     is_positive = np.arange(k)[None, :] == label[:, None]  # (m, k)
-    candidates = np.empty((m, k), dtype=np.int64)
-    candidates[is_positive] = draw_.positive
-    candidates[~is_positive] = draw_.negatives.ravel()  # (m * (k-1),) row-major, order kept
-    return candidates, label.astype(np.int64)
+    out = np.empty((m, k), dtype=np.result_type(positive, negatives))
+    out[is_positive] = positive
+    out[~is_positive] = negatives.ravel()  # (m * (k-1),) row-major, order kept
+    return out

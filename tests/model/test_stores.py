@@ -1,4 +1,4 @@
-"""model.stores: random (training) and fixed (evaluation) crops, tiling short clips."""
+"""model.stores: random (training) and fixed (evaluation) crops, tiling short clips; batched reads."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.stores import SpectrogramStore
+from model.stores import FaceStore, SpectrogramStore
 from pipeline.spectrograms import SpectrogramConfig, SpectrogramWriter, run
 from tests.pipeline.audio_corpus import good_corpus, write_manifest
 
@@ -129,3 +129,70 @@ def test_reads_a_store_written_by_the_stage(tmp_path: Path) -> None:
             assert np.isfinite(train).all() and np.isfinite(test).all()
         np.testing.assert_array_equal(store.fixed_crop(short)[:, 42:84], store.full(short))
         np.testing.assert_array_equal(store.fixed_crop(long), store.full(long)[:, 21:146])
+
+
+def test_get_many_matches_single_reads_in_any_order_with_repeats(store_path: Path) -> None:
+    store = SpectrogramStore(store_path)
+    order = [2, 0, 1, 0]  # unsorted, with a repeat: one HDF5 read of the sorted unique rows
+    batch = store.get_many(order)
+    assert batch.shape == (4, N_BINS, FRAMES) and batch.dtype == np.float32
+    for row, i in zip(batch, order, strict=True):
+        np.testing.assert_array_equal(row, store.fixed_crop(store.ids[i]))
+    assert store.index("id10002/c/00001") == 2
+    with pytest.raises(KeyError):
+        store.index("id99999/x/00001")
+
+
+def test_get_many_random_crops_are_reproducible_and_in_range(store_path: Path) -> None:
+    store = SpectrogramStore(store_path)
+    a = store.get_many([0, 1, 2], rng=np.random.default_rng(5))
+    b = store.get_many([0, 1, 2], rng=np.random.default_rng(5))
+    np.testing.assert_array_equal(a, b)
+    for crop, length in zip(a, LENGTHS.values(), strict=True):
+        frames = starts_of(crop)
+        step = np.diff(frames) % length
+        assert np.all(step == 1 % length)  # consecutive frames, wrapping inside short clips
+        assert frames.max() < length
+
+
+def write_faces(path: Path, n: int, size: int) -> np.ndarray:
+    import h5py
+
+    images = (np.arange(n * size * size * 3) % 251).astype(np.uint8).reshape(n, size, size, 3)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("images", data=images, chunks=(1, size, size, 3))
+        f.create_dataset("ids", data=[f"id1000{i}/v/000000{i}".encode() for i in range(n)])
+        f.attrs["size"] = size
+        f.attrs["params"] = "{}"
+    return images
+
+
+def _face_sum_in_child(store: FaceStore, queue: mp.Queue) -> None:
+    queue.put(int(store.get_many([3, 1]).sum()))
+
+
+def test_face_store_batches_and_survives_pickling_and_fork(tmp_path: Path) -> None:
+    images = write_faces(tmp_path / "faces.h5", n=5, size=6)
+    store = FaceStore(tmp_path / "faces.h5")
+    assert len(store) == 5 and store.size == 6 and store.index(store.ids[4]) == 4
+    np.testing.assert_array_equal(store.get_many([3, 1, 3]), images[[3, 1, 3]])
+    np.testing.assert_array_equal(store.get(store.ids[2]), images[2])
+    clone = pickle.loads(pickle.dumps(store))
+    np.testing.assert_array_equal(clone.read(1, 3), images[1:3])
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_face_sum_in_child, args=(store, queue))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0 and queue.get(timeout=5) == int(images[[3, 1]].sum())
+    store.close()
+
+
+def test_importing_the_stores_does_not_import_torch_or_timm() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, model.stores; "
+            "print(int('torch' in sys.modules), int('timm' in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["0", "0"]

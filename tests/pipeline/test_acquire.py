@@ -279,7 +279,7 @@ def test_root_inside_raw_is_refused(tmp_path: Path) -> None:
 
 def test_vggface_images_are_fetched_from_the_lists(tmp_path: Path) -> None:
     """voxceleb1 + VGGFace v1: list lines -> images on disk (dead URLs remembered) -> boxes."""
-    people = [("Anna_Abbot", "f", "USA"), ("Harry_Connick_Jr.", "m", "USA")]
+    people = [("Anna_Abbot", "f", "USA"), ("Carl_Cole", "m", "UK"), ("Harry_Connick_Jr.", "m", "USA")]
     src = tmp_path / "src"
     make_tree(src, people=people, videos=2)
     shutil.rmtree(src / "voxceleb1" / "unzippedFaces")
@@ -309,19 +309,19 @@ def test_vggface_images_are_fetched_from_the_lists(tmp_path: Path) -> None:
             "synth": {}, "manifest": {"layout": "vggface1", "max_reject_fraction": 0.0}}))
         first = acquire(tmp_path, params, "--summary", str(tmp_path / "s1.json"))
         assert first.exit_code == 0, first.output
-        assert len(srv.requests) == 8  # 4 lines x 2 VoxCeleb1 people; Not_In_Vox skipped
+        assert len(srv.requests) == 12  # 4 lines x 3 VoxCeleb1 people; Not_In_Vox skipped
         second = acquire(tmp_path, params, "--summary", str(tmp_path / "s2.json"))
         assert second.exit_code == 0, second.output
-        assert len(srv.requests) == 8  # fetched and dead ones are not tried again
+        assert len(srv.requests) == 12  # fetched and dead ones are not tried again
     assert json.loads((tmp_path / "s1.json").read_text())["vggface"] == {
-        "tried": 8, "fetched": 4, "failed_total": 4, "images": 4}
+        "tried": 12, "fetched": 6, "failed_total": 6, "images": 6}
     assert json.loads((tmp_path / "s2.json").read_text())["vggface"]["tried"] == 0
     root = resolve_root(tmp_path / "raw")
     pointer = json.loads((tmp_path / "raw" / "source.json").read_text())
-    assert pointer["vggface_images"] == 4 and len(pointer["archives"]) == 3
+    assert pointer["vggface_images"] == 6 and len(pointer["archives"]) == 3
     fetched = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.jpg"))
     assert fetched == [f"voxceleb1/vggface/images/{n}/{i}.jpg"
-                       for n in ("Anna_Abbot", "Harry_Connick_Jr.") for i in (1, 4)]
+                       for n in ("Anna_Abbot", "Carl_Cole", "Harry_Connick_Jr.") for i in (1, 4)]
     failures = (root / "voxceleb1/vggface/fetch_failures.tsv").read_text().splitlines()
     assert failures[0] == "Anna_Abbot/2\tHTTP 404" and failures[1].startswith("Anna_Abbot/3\t")
     out = tmp_path / "manifest"
@@ -329,6 +329,9 @@ def test_vggface_images_are_fetched_from_the_lists(tmp_path: Path) -> None:
                                       "--params", str(params)])
     assert result.exit_code == 0, result.output
     faces = pl.read_parquet(out / "faces.parquet").sort("id")
-    assert faces["id"].to_list() == ["id10001/vggface/1", "id10001/vggface/4",
-                                     "id10002/vggface/1", "id10002/vggface/4"]
+    assert faces["id"].to_list() == [f"id1000{k}/vggface/{i}" for k in (1, 2, 3) for i in (1, 4)]
+    # the dead lines are listed as not_on_disk; with max_reject_fraction 0 the stage still passes
+    rejects = pl.read_parquet(out / "rejects.parquet")
+    assert set(rejects["reason"]) == {"not_on_disk"} and rejects.height == 6
+    assert sorted(rejects["id"])[:2] == ["id10001/vggface/2", "id10001/vggface/3"]
     assert faces.row(0, named=True)["left"] == 4 and faces.row(0, named=True)["bottom"] == 45

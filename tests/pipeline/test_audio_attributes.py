@@ -13,9 +13,18 @@ import pytest
 from pipeline.audio_attributes import AudioAttributesConfig, extract, make_extractor, run
 from pipeline.common.config import ConfigError
 from pipeline.common.rejects import TooManyRejects
+from tests.params import default_mismatches, shipped_config
 from tests.pipeline.audio_corpus import bad_corpus, good_corpus, voice, write_manifest
+from tests.pipeline.common.snapshots import snapshot
 
-CFG = AudioAttributesConfig(workers=1, chunk_rows=3)  # several row groups on a tiny corpus
+# several row groups on a tiny corpus
+CFG = shipped_config(AudioAttributesConfig, "audio_attributes", workers=1, chunk_rows=3)
+OUTPUTS = ("audio_attributes.parquet", "audio_attributes_stats.json",
+           "audio_attributes_rejects.parquet", "audio_attributes_summary.json")
+
+
+def test_dataclass_defaults_are_the_shipped_params() -> None:
+    assert default_mismatches(AudioAttributesConfig, "audio_attributes") == {}
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +95,7 @@ def test_one_and_two_workers_write_identical_bytes(tiny_corpus: Path, tiny_manif
                                                   tmp_path: Path) -> None:
     out1, _ = output
     run(tiny_corpus, tiny_manifest, tmp_path, replace(CFG, workers=2))
-    for name in ("audio_attributes.parquet", "audio_attributes_stats.json",
-                 "audio_attributes_rejects.parquet", "audio_attributes_summary.json"):
+    for name in OUTPUTS:
         assert (out1 / name).read_bytes() == (tmp_path / name).read_bytes(), name
 
 
@@ -119,13 +127,24 @@ def test_nan_features_are_rejected(tmp_path: Path) -> None:
     assert stats["n"] == 0 and stats["mean"] is None
 
 
-def test_too_many_rejects_fail_without_writing_the_table(corpus, tmp_path: Path) -> None:
-    root, _, good = corpus
-    manifest = write_manifest(tmp_path / "m", good[:2] + bad_corpus(root))
-    with pytest.raises(TooManyRejects, match="audio_attributes: 8 of 10"):
-        run(root, manifest, tmp_path, replace(CFG, max_reject_fraction=0.5))
-    assert not (tmp_path / "audio_attributes.parquet").exists()
-    assert not (tmp_path / "audio_attributes_stats.json").exists()
+def test_reject_tolerance_does_not_change_the_table(corpus, tmp_path: Path) -> None:
+    root, manifest, _ = corpus
+    run(root, manifest, tmp_path / "low", CFG)
+    run(root, manifest, tmp_path / "high", replace(CFG, max_reject_fraction=0.9))
+    for name in ("audio_attributes.parquet", "audio_attributes_stats.json",
+                 "audio_attributes_rejects.parquet"):
+        assert (tmp_path / "low" / name).read_bytes() == (tmp_path / "high" / name).read_bytes()
+
+
+def test_too_many_rejects_leave_the_previous_outputs(corpus, tmp_path: Path) -> None:
+    root, manifest, good = corpus
+    run(root, manifest, tmp_path, CFG)
+    before = snapshot(tmp_path)
+    assert set(before) == set(OUTPUTS)
+    failing = write_manifest(tmp_path.parent / f"{tmp_path.name}_m", good[:2] + bad_corpus(root))
+    with pytest.raises(TooManyRejects, match=r"audio_attributes: 8 of 10.*'silent': 1"):
+        run(root, failing, tmp_path, replace(CFG, max_reject_fraction=0.5))
+    assert snapshot(tmp_path) == before  # same files, same bytes, no temp file left
 
 
 def test_unknown_feature_set_fails_loudly() -> None:

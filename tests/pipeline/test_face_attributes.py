@@ -20,8 +20,24 @@ from pipeline.face_attributes import FaceAttributesConfig, run
 from pipeline.face_attributes_train import PRIVATE_ATTRIBUTES
 from pipeline.faces import FacesConfig
 from pipeline.faces import run as run_faces
+from tests.params import default_mismatches, shipped_config
+from tests.pipeline.common.snapshots import snapshot
 
 SIZE = 64
+OUTPUTS = ("face_attributes.parquet", "face_attributes_rejects.parquet",
+           "face_attributes_summary.json")
+
+
+def config(**overrides: object) -> FaceAttributesConfig:
+    return shipped_config(FaceAttributesConfig, "face_attributes", **{"threads": 1, **overrides})
+
+
+def faces_config(**overrides: object) -> FacesConfig:
+    return shipped_config(FacesConfig, "faces", **{"size": SIZE, "workers": 1, **overrides})
+
+
+def test_dataclass_defaults_are_the_shipped_params() -> None:
+    assert default_mismatches(FaceAttributesConfig, "face_attributes") == {}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +59,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     manifest.mkdir(parents=True)
     pl.DataFrame({"id": ids, "path": paths, "identity": [i.split("/")[0] for i in ids]}).write_parquet(
         manifest / "faces.parquet")
-    run_faces(root, manifest, features, FacesConfig(size=SIZE, workers=1, max_reject_fraction=0.2))
+    run_faces(root, manifest, features, faces_config(max_reject_fraction=0.2))
     torch.manual_seed(0)
     net = timm.create_model("cswin_nano_64", num_classes=12)
     with torch.no_grad():
@@ -60,7 +76,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def table(inputs: dict[str, Path]) -> pl.DataFrame:
     out = inputs["features"] / "face_attributes.parquet"
     run(inputs["features"] / "faces.h5", inputs["manifest"], inputs["checkpoint"], out,
-        FaceAttributesConfig(batch_size=3, threads=1, max_reject_fraction=0.2))
+        config(batch_size=3, max_reject_fraction=0.2))
     return pl.read_parquet(out)
 
 
@@ -97,19 +113,23 @@ def test_probabilities_match_model_and_binary_is_thresholded(inputs: dict[str, P
 
 
 def test_size_mismatch_fails_clearly(inputs: dict[str, Path], tmp_path: Path) -> None:
-    run_faces(inputs["root"], inputs["manifest"], tmp_path, FacesConfig(size=32, min_size=16,
-                                                                        workers=1,
-                                                                        max_reject_fraction=0.2))
+    run_faces(inputs["root"], inputs["manifest"], tmp_path,
+              faces_config(size=32, min_size=16, max_reject_fraction=0.2))
     with pytest.raises(ValueError, match="trained on 64 px faces"):
         run(tmp_path / "faces.h5", inputs["manifest"], inputs["checkpoint"],
-            tmp_path / "fa.parquet", FaceAttributesConfig(threads=1))
+            tmp_path / "fa.parquet", config())
 
 
-def test_too_many_missing_faces_fails(inputs: dict[str, Path], tmp_path: Path) -> None:
-    with pytest.raises(TooManyRejects):
+def test_too_many_missing_faces_leave_the_previous_outputs(inputs: dict[str, Path],
+                                                           table: pl.DataFrame,
+                                                           tmp_path: Path) -> None:
+    for name in OUTPUTS:  # the outputs of the run with max_reject_fraction 0.2
+        (tmp_path / name).write_bytes((inputs["features"] / name).read_bytes())
+    before = snapshot(tmp_path)
+    with pytest.raises(TooManyRejects, match=r"1 of 9.*'no_face_features': 1"):
         run(inputs["features"] / "faces.h5", inputs["manifest"], inputs["checkpoint"],
-            tmp_path / "fa.parquet", FaceAttributesConfig(threads=1, max_reject_fraction=0.05))
-    assert not (tmp_path / "fa.parquet").exists()
+            tmp_path / "face_attributes.parquet", config(max_reject_fraction=0.05))
+    assert snapshot(tmp_path) == before  # same files, same bytes, no temp file left
 
 
 def test_checkpoint_is_weights_only(inputs: dict[str, Path]) -> None:

@@ -18,8 +18,21 @@ from pipeline.common.images import prepare_face, square_region
 from pipeline.common.probe import BadInput
 from pipeline.common.rejects import TooManyRejects
 from pipeline.faces import FacesConfig, run
+from tests.params import default_mismatches, shipped_config
+from tests.pipeline.common.snapshots import snapshot
 
 SIZE = 32
+OUTPUTS = ("faces.h5", "faces_rejects.parquet", "faces_summary.json")
+
+
+def config(**overrides: object) -> FacesConfig:
+    """The shipped ``faces`` params with the test corpus's sizes and ``overrides``."""
+    return shipped_config(FacesConfig, "faces", **{"size": SIZE, "min_size": 16, "workers": 1,
+                                                   "max_reject_fraction": 0.6, **overrides})
+
+
+def test_dataclass_defaults_are_the_shipped_params() -> None:
+    assert default_mismatches(FacesConfig, "faces") == {}
 
 
 def solid(w: int, h: int, rgb: tuple[int, int, int]) -> np.ndarray:
@@ -108,7 +121,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def stored(corpus: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     root, manifest = corpus
     out = tmp_path_factory.mktemp("features")
-    run(root, manifest, out, FacesConfig(size=SIZE, min_size=16, workers=1, max_reject_fraction=0.6))
+    run(root, manifest, out, config())
     return out
 
 
@@ -149,20 +162,32 @@ def test_rejects_table_and_summary(stored: Path) -> None:
 def test_one_and_two_workers_give_identical_bytes(corpus: tuple[Path, Path], stored: Path,
                                                   tmp_path: Path) -> None:
     root, manifest = corpus
-    run(root, manifest, tmp_path, FacesConfig(size=SIZE, min_size=16, workers=2,
-                                              max_reject_fraction=0.6))
-    for name in ("faces.h5", "faces_rejects.parquet", "faces_summary.json"):
+    run(root, manifest, tmp_path, config(workers=2))
+    for name in OUTPUTS:
         digest = [hashlib.sha256((d / name).read_bytes()).hexdigest() for d in (stored, tmp_path)]
         assert digest[0] == digest[1], name
 
 
-def test_too_many_rejects_fails_and_leaves_no_store(corpus: tuple[Path, Path], tmp_path: Path) -> None:
+def test_reject_tolerance_does_not_change_the_outputs(corpus: tuple[Path, Path], stored: Path,
+                                                     tmp_path: Path) -> None:
     root, manifest = corpus
-    with pytest.raises(TooManyRejects, match="7 of 13"):
-        run(root, manifest, tmp_path, FacesConfig(size=SIZE, min_size=16, workers=1,
-                                                  max_reject_fraction=0.1))
-    assert not (tmp_path / "faces.h5").exists()
-    assert len(pl.read_parquet(tmp_path / "faces_rejects.parquet")) == 7
+    run(root, manifest, tmp_path, config(max_reject_fraction=0.9))
+    for name in OUTPUTS:
+        assert (stored / name).read_bytes() == (tmp_path / name).read_bytes(), name
+    with h5py.File(tmp_path / "faces.h5") as fh:
+        assert "max_reject_fraction" not in fh.attrs
+        assert "max_reject_fraction" not in json.loads(fh.attrs["params"])
+
+
+def test_too_many_rejects_leave_the_previous_outputs(corpus: tuple[Path, Path], stored: Path,
+                                                     tmp_path: Path) -> None:
+    root, manifest = corpus
+    for name in OUTPUTS:
+        (tmp_path / name).write_bytes((stored / name).read_bytes())
+    before = snapshot(tmp_path)
+    with pytest.raises(TooManyRejects, match=r"7 of 13.*'truncated': 2"):
+        run(root, manifest, tmp_path, config(max_reject_fraction=0.1))
+    assert snapshot(tmp_path) == before  # same files, same bytes, no temp file left
 
 
 def test_cli_writes_outputs(corpus: tuple[Path, Path], tmp_path: Path) -> None:
@@ -204,7 +229,8 @@ def test_downscale_uses_area_interpolation() -> None:
 def test_generated_corpus_faces_all_stored(tiny_corpus: Path, tiny_manifest: Path,
                                            tmp_path: Path) -> None:
     """Every face-track crop of the generated corpus is stored, as a non-constant image."""
-    summary = run(tiny_corpus, tiny_manifest, tmp_path, FacesConfig(workers=2))
+    summary = run(tiny_corpus, tiny_manifest, tmp_path,
+                  shipped_config(FacesConfig, "faces", workers=2))
     manifest = pl.read_parquet(tiny_manifest / "faces.parquet")
     assert summary["stored"] == len(manifest) and summary["rejected"] == 0
     with FaceStore(tmp_path / "faces.h5") as store:

@@ -17,6 +17,7 @@ from pipeline.common.audio import load_audio
 from pipeline.common.config import ConfigError, build
 from pipeline.common.rejects import TooManyRejects
 from pipeline.spectrograms import PRESETS, SpectrogramConfig, log_spectrogram, run
+from tests.params import default_mismatches, shipped_config
 from tests.pipeline.audio_corpus import (
     bad_corpus,
     good_corpus,
@@ -25,14 +26,21 @@ from tests.pipeline.audio_corpus import (
     write_manifest,
     write_wav,
 )
+from tests.pipeline.common.snapshots import snapshot
 
-CFG = SpectrogramConfig(workers=1)
+CFG = shipped_config(SpectrogramConfig, "spectrograms", workers=1)
+OUTPUTS = ("spectrograms.h5", "spectrograms_rejects.parquet", "spectrograms_summary.json")
+
+
+def test_dataclass_defaults_are_the_shipped_params() -> None:
+    assert default_mismatches(SpectrogramConfig, "spectrograms") == {}
 
 
 def test_presets_fill_unset_keys_and_explicit_keys_win() -> None:
     aml = build(SpectrogramConfig, {"preset": "aml"})
     assert (aml.sample_rate, aml.n_fft, aml.hop_length, aml.n_bins, aml.frames) == (22050, 2048, 512, 224, 125)
     assert aml.pre_emphasis == 0.97 and aml.normalization == "none"
+    assert aml.remove_dc is False  # AML's front end has no DC removal
     mixed = build(SpectrogramConfig, {"preset": "aml", "hop_length": 256})
     assert mixed.hop_length == 256 and mixed.n_fft == 2048
     default = SpectrogramConfig()
@@ -45,20 +53,38 @@ def test_presets_fill_unset_keys_and_explicit_keys_win() -> None:
         SpectrogramConfig(preset="vggvox")
 
 
+def aml_reference(x: np.ndarray) -> np.ndarray:
+    """AML's recipe written out with librosa, independently of ``SpectrogramConfig``: a 22,050 Hz
+    signal, no DC removal, pre-emphasis 0.97 (first sample kept), |STFT| with n_fft 2048 and hop
+    512 (Hann window, centred frames), magnitude to dB, the lowest 224 bins: ``(224, frames)``."""
+    y = librosa.effects.preemphasis(x.astype(np.float64), coef=0.97, zi=[0.0])
+    magnitude = np.abs(librosa.stft(y, n_fft=2048, hop_length=512))
+    return librosa.amplitude_to_db(magnitude, ref=1.0, amin=1e-5, top_db=80.0)[:224]
+
+
+def test_aml_preset_matches_the_librosa_recipe() -> None:
+    x = voice(1.7, rate=22050) + 0.05  # a DC offset: the recipe keeps it
+    x[:22050 // 4] *= 1e-4  # a quiet start exercises the top_db floor
+    ours = log_spectrogram(x, build(SpectrogramConfig, {"preset": "aml"}))
+    ref = aml_reference(x)
+    assert ours.shape == (1 + x.size // 512, 224) == ref.T.shape
+    np.testing.assert_allclose(ours.T, ref, atol=1e-3)
+
+
 def _librosa_reference(x: np.ndarray, cfg: SpectrogramConfig) -> np.ndarray:
-    y = x.astype(np.float64) - x.mean()
+    y = x.astype(np.float64) - (x.mean() if cfg.remove_dc else 0.0)
     y = np.append(y[0], y[1:] - cfg.pre_emphasis * y[:-1])
     stft = librosa.stft(y, n_fft=cfg.n_fft, hop_length=cfg.hop_length, win_length=cfg.win_length,
                         center=True, pad_mode="constant")
     return librosa.amplitude_to_db(np.abs(stft), ref=1.0, amin=1e-5, top_db=cfg.top_db)[: cfg.n_bins]
 
 
-@pytest.mark.parametrize("overrides", [{"preset": "aml"},
+@pytest.mark.parametrize("overrides", [{"normalization": "none"},
                                        {"normalization": "none", "win_length": 400}])
-def test_front_end_matches_librosa(overrides: dict) -> None:
-    cfg = build(SpectrogramConfig, overrides)
-    x = voice(1.7, rate=cfg.sample_rate)
-    x[: cfg.sample_rate // 4] *= 1e-4  # a quiet start exercises the top_db floor
+def test_front_end_options_match_librosa(overrides: dict) -> None:
+    cfg = replace(CFG, **overrides)
+    x = voice(1.7, rate=cfg.sample_rate) + 0.05
+    x[: cfg.sample_rate // 4] *= 1e-4
     ours = log_spectrogram(x, cfg)
     ref = _librosa_reference(x, cfg)
     assert ours.shape == (1 + x.size // cfg.hop_length, cfg.n_bins) == ref.T.shape
@@ -92,6 +118,7 @@ def test_store_shape_dtype_and_recorded_params(corpus, tmp_path: Path) -> None:
         np.testing.assert_allclose(f["durations"][:], [r["duration"] for r in rows], rtol=1e-6)
         params = json.loads(f.attrs["params"])
         assert params == CFG.recorded() and "workers" not in params
+        assert "max_reject_fraction" not in params and "max_reject_fraction" not in f.attrs
         assert f.attrs["n_fft"] == 512 and f.attrs["preset"] == "speaker16k"
         assert f.attrs["n_items"] == 8 and f.attrs["manifest_rows"] == 8
         # The stored float16 rows are the front end's output for that clip.
@@ -141,13 +168,30 @@ def test_every_reject_case_is_recorded_and_the_stage_completes(corpus, tmp_path:
         assert [s.decode() for s in f["ids"][:]] == [r["id"] for r in good]
 
 
-def test_too_many_rejects_fail_without_writing_the_store(corpus, tmp_path: Path) -> None:
+def test_reject_tolerance_does_not_change_the_store(corpus, tmp_path: Path) -> None:
     root, _, good = corpus
-    manifest = write_manifest(tmp_path / "m", good[:2] + bad_corpus(root))
-    with pytest.raises(TooManyRejects, match="spectrograms: 8 of 10 inputs rejected"):
-        run(root, manifest, tmp_path / "f", replace(CFG, max_reject_fraction=0.5))
-    assert not (tmp_path / "f" / "spectrograms.h5").exists()
-    assert pl.read_parquet(tmp_path / "f" / "spectrograms_rejects.parquet").height == 8
+    manifest = write_manifest(tmp_path / "m", good + bad_corpus(root)[:1])
+    low = run(root, manifest, tmp_path / "low", replace(CFG, max_reject_fraction=0.2))
+    high = run(root, manifest, tmp_path / "high", replace(CFG, max_reject_fraction=0.9))
+    for name in ("spectrograms.h5", "spectrograms_rejects.parquet"):
+        assert (tmp_path / "low" / name).read_bytes() == (tmp_path / "high" / name).read_bytes()
+    assert low["rejected"] == 1
+    assert {**low, "params": None} == {**high, "params": None}  # the summary records the tolerance
+    assert low["params"]["max_reject_fraction"] == 0.2
+    assert high["params"]["max_reject_fraction"] == 0.9
+
+
+def test_too_many_rejects_leave_the_previous_outputs(corpus, tmp_path: Path) -> None:
+    root, manifest, good = corpus
+    out = tmp_path / "f"
+    run(root, manifest, out, CFG)
+    before = snapshot(out)
+    assert set(before) == set(OUTPUTS)
+    failing = write_manifest(tmp_path / "m", good[:2] + bad_corpus(root))
+    with pytest.raises(TooManyRejects, match=r"spectrograms: 8 of 10 inputs rejected.*"
+                                             r"by reason: \{.*'undecodable': 2"):
+        run(root, failing, out, replace(CFG, max_reject_fraction=0.5))
+    assert snapshot(out) == before  # same files, same bytes, no temp file left
 
 
 def test_cli_reads_the_params_section(corpus, tmp_path: Path) -> None:

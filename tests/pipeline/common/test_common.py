@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from pipeline.common.config import ConfigError, build, from_params
-from pipeline.common.io import atomic_dir, atomic_file, write_json
+from pipeline.common.io import atomic_dir, atomic_file, output_group, write_json
 from pipeline.common.parallel import imap_ordered, resolve_workers
 from pipeline.common.probe import BadInput, probe_audio, probe_image
 from pipeline.common.rejects import Rejects, TooManyRejects
@@ -63,6 +63,33 @@ def test_atomic_dir_swaps_whole_directory(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
 
 
+def test_output_group_commits_all_or_nothing(tmp_path: Path) -> None:
+    (tmp_path / "store.bin").write_bytes(b"old store")
+    (tmp_path / "summary.json").write_text("old summary")
+    (tmp_path / "live").mkdir()
+    (tmp_path / "live" / "metrics.json").write_text("old metrics")
+    with pytest.raises(TooManyRejects), output_group() as outputs:
+        outputs.file(tmp_path / "store.bin").write_bytes(b"new store")
+        outputs.file(tmp_path / "summary.json").write_text("new summary")
+        outputs.file(tmp_path / "rejects.parquet").write_bytes(b"new rejects")
+        (outputs.dir(tmp_path / "live") / "metrics.json").write_text("new metrics")
+        raise TooManyRejects("checked after every output is written")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["live", "store.bin", "summary.json"]
+    assert (tmp_path / "store.bin").read_bytes() == b"old store"
+    assert (tmp_path / "summary.json").read_text() == "old summary"
+    assert [p.name for p in (tmp_path / "live").iterdir()] == ["metrics.json"]
+    assert (tmp_path / "live" / "metrics.json").read_text() == "old metrics"
+    with output_group() as outputs:
+        outputs.file(tmp_path / "store.bin").write_bytes(b"new store")
+        outputs.file(tmp_path / "rejects.parquet").write_bytes(b"new rejects")
+        (outputs.dir(tmp_path / "live") / "metrics.json").write_text("new metrics")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["live", "rejects.parquet", "store.bin",
+                                                          "summary.json"]
+    assert (tmp_path / "store.bin").read_bytes() == b"new store"
+    assert (tmp_path / "live" / "metrics.json").read_text() == "new metrics"
+    assert (tmp_path / "rejects.parquet").stat().st_mode & 0o044 == 0o044
+
+
 def test_rejects_table_and_limit(tmp_path: Path) -> None:
     rejects = Rejects("demo")
     rejects.add("empty", id="a", path="a.wav")
@@ -75,6 +102,10 @@ def test_rejects_table_and_limit(tmp_path: Path) -> None:
     rejects.check(total=2, max_fraction=0.5)  # one dropped of two: allowed
     with pytest.raises(TooManyRejects, match="1 of 2 inputs rejected.*a.wav: empty"):
         rejects.check(total=2, max_fraction=0.1)
+    rejects.add("empty", id="c", path="c.wav")
+    rejects.add("silent", id="d", path="d.wav")
+    with pytest.raises(TooManyRejects, match=r"by reason: \{'empty': 2, 'silent': 1\}\. First"):
+        rejects.check(total=4, max_fraction=0.1)  # the kept row is not counted
 
 
 def _square(x: int) -> int:

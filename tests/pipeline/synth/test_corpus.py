@@ -17,6 +17,8 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 from pipeline.common.config import ConfigError, build
 from pipeline.synth.corpus import SynthConfig, small_config, synthesize
+from pipeline.synth.names import split_initials, split_sizes
+from tests.params import default_mismatches, shipped_config
 
 YTID = r"[A-Za-z0-9_-]{11}"
 PATTERNS = [
@@ -203,3 +205,40 @@ def test_bad_config_fails_loudly(tmp_path: Path) -> None:
     params.write_text("synth:\n  identities: 3\n")
     result = CliRunner().invoke(app, ["synth", str(tmp_path / "out"), "--params", str(params)])
     assert result.exit_code != 0 and not (tmp_path / "out").exists()
+
+
+def test_defaults_are_the_shipped_params() -> None:
+    assert default_mismatches(SynthConfig, "synth") == {}
+    small = small_config()  # fast test corpora: explicit overrides of the shipped configuration
+    assert small == shipped_config(SynthConfig, "synth", identities=20, videos_per_identity=2,
+                                   utterances_per_video=1, utterance_seconds=(1.0, 1.5),
+                                   frames_per_video=2, face_size=64, celeba_identities=12,
+                                   celeba_images_per_identity=2)
+
+
+def test_names_follow_the_split_letters_given(tmp_path: Path) -> None:
+    cfg = small_config(identities=12, celeba_identities=6, celeba_images_per_identity=1,
+                       videos_per_identity=1, frames_per_video=1)
+    initials = split_initials("M", "S")
+    summary = synthesize(tmp_path / "ms", cfg, workers=1, initials=initials)
+    rows = read_meta(tmp_path / "ms")
+    for letters in initials.values():
+        assert {r[2] for r in rows if r[1][0] in letters} == {"m", "f"}
+    assert summary["initial_splits"] == {s: sum(r[1][0] in letters for r in rows)
+                                         for s, letters in initials.items()}
+    default = synthesize(tmp_path / "ab", cfg, workers=1)
+    assert default["initial_splits"]["val"] == sum(r[1][0] in "AB" for r in read_meta(tmp_path / "ab"))
+
+
+def test_cli_takes_the_split_letters_from_the_manifest_section(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("synth:\n  identities: 12\n  videos_per_identity: 1\n"
+                      "  utterance_seconds: [1.0, 1.2]\n  frames_per_video: 1\n  face_size: 64\n"
+                      "  celeba_identities: 6\n  celeba_images_per_identity: 1\n"
+                      "manifest:\n  val_initials: X\n  test_initials: Y\n")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["synth", str(out), "--params", str(params), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    initials = [r[1][0] for r in read_meta(out)]
+    sizes = split_sizes(12, split_initials("X", "Y"))  # X and Y are rare: 2 each, the minimum
+    assert (initials.count("X"), initials.count("Y")) == (sizes["val"], sizes["test"]) == (2, 2)

@@ -12,8 +12,10 @@ from pipeline.synth.names import (
     apportion,
     initial_counts,
     sample_people,
+    split_initials,
     split_sizes,
 )
+from tests.params import shipped_params
 
 # Independent copies of the real vox1_meta.csv statistics, so a wrong table in the module fails.
 REAL_INITIALS = dict(zip("ABCDEFGHIJKLMNOPQRSTUVWXYZ",
@@ -87,3 +89,31 @@ def test_apportion_largest_remainder_with_bounds() -> None:
 def test_too_few_identities_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="at least 6"):
         sample_people(5, seed=0)
+
+
+def test_default_split_letters_are_the_shipped_manifest_letters() -> None:
+    manifest = shipped_params()["manifest"]
+    assert split_initials() == split_initials(manifest["val_initials"], manifest["test_initials"])
+    assert split_initials() == SPLITS
+
+
+@pytest.mark.parametrize(("val", "test"), [("A", "E"), ("XYZ", "QR"), ("m", "s")])
+def test_draws_follow_the_split_letters_they_are_given(val: str, test: str) -> None:
+    initials = split_initials(val, test)
+    assert initials["val"] == val.upper() and initials["test"] == test.upper()
+    people = sample_people(20, seed=0, initials=initials)
+    for split, letters in initials.items():
+        members = [p for p in people if p.name[0] in letters]
+        assert {p.gender for p in members} == {"m", "f"}, split
+    assert split_sizes(20, initials)["val"] == sum(p.name[0] in initials["val"] for p in people)
+    assert sample_people(20, seed=0, initials=initials) != sample_people(20, seed=0)
+
+
+def test_split_letters_are_validated() -> None:
+    assert split_initials("ba", "edc") == split_initials()  # sorted, upper case
+    with pytest.raises(ValueError, match="both val and test"):
+        split_initials("AB", "BC")
+    with pytest.raises(ValueError, match="letters A-Z"):
+        split_initials("A1", "C")
+    with pytest.raises(ValueError, match="val without a letter"):
+        split_initials("", "C")

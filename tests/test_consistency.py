@@ -28,7 +28,12 @@ SECTIONS = {
     "face_attributes_train": "pipeline.face_attributes_train:FaceAttributesTrainConfig",
     "face_attributes": "pipeline.face_attributes:FaceAttributesConfig",
     "tuples": "pipeline.tuples:TuplesConfig",
+    "model": "model.avnet:ModelConfig",
+    "train": "model.trainer:TrainConfig",
+    "evaluate": "pipeline.evaluate:EvaluateConfig",
 }
+# top-level scalar params: P2VANet Eq. 18's loss weights, read by the train stage
+TOP_LEVEL = {"lambda1", "lambda2", "lambda3", "lambda4"}
 # CLI commands that are tools rather than DVC stages
 NOT_STAGES = {"synth"}
 
@@ -39,11 +44,33 @@ def config_class(spec: str) -> type:
 
 
 def commands() -> set[str]:
-    return {c.name for c in app.registered_commands}
+    """The CLI's stage commands: its commands and groups (``tuples``), not the tools of the
+    inference and report panels."""
+    from pipeline.cli import TOOL_PANELS
+
+    entries = [*app.registered_commands, *app.registered_groups]
+    return {e.name for e in entries if e.rich_help_panel not in TOOL_PANELS}
 
 
 def test_every_params_section_has_a_config() -> None:
-    assert set(PARAMS) == set(SECTIONS)
+    assert {k for k, v in PARAMS.items() if isinstance(v, dict)} == set(SECTIONS)
+    assert {k for k, v in PARAMS.items() if not isinstance(v, dict)} == TOP_LEVEL
+
+
+@pytest.mark.parametrize("name", sorted(TOP_LEVEL))
+def test_top_level_params_are_read_by_the_train_stage(name: str) -> None:
+    from pipeline.train import LAMBDAS, stage_params
+
+    assert name in LAMBDAS and stage_params(PARAMS)["lambdas"][name] == PARAMS[name]
+    assert any(name in DVC[s].get("params", []) for s in DVC), f"no stage lists {name}"
+
+
+@pytest.mark.parametrize("name", sorted(SECTIONS))
+def test_dataclass_defaults_are_the_shipped_params(name: str) -> None:
+    """params.yaml is the single source of defaults: every dataclass default equals it."""
+    from tests.params import default_mismatches
+
+    assert default_mismatches(config_class(SECTIONS[name]), name) == {}
 
 
 @pytest.mark.parametrize("name", sorted(SECTIONS))

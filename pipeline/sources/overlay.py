@@ -31,6 +31,12 @@ def changes(params: dict[str, Any], overlay: dict[str, Any]) -> dict[str, tuple[
         if name not in params:
             raise ConfigError(f"overlay section {name!r} is not in params.yaml "
                               f"(sections: {', '.join(params)})")
+        if not isinstance(params[name], dict):  # a top-level value (lambda1..lambda4)
+            if isinstance(values, dict):
+                raise ConfigError(f"overlay {name!r} must be a value, as in params.yaml")
+            if params[name] != values:
+                out[name] = (params[name], values)
+            continue
         if not isinstance(values, dict):
             raise ConfigError(f"overlay section {name!r} must be a mapping")
         current = params[name] or {}
@@ -85,7 +91,10 @@ def apply(params_path: Path, overlay_path: Path, out_path: Path | None = None) -
     rt = _yaml()
     doc = rt.load(Path(params_path).read_text(encoding="utf-8"))
     for dotted in diff:
-        name, key = dotted.split(".", 1)
+        name, _, key = dotted.partition(".")
+        if not key:
+            doc[name] = params[name] = overlay[name]
+            continue
         doc[name][key] = _styled(overlay[name][key])
         params[name][key] = overlay[name][key]
     buf = io.StringIO()

@@ -43,6 +43,9 @@ def test_paper_config_applies_to_params_yaml(tmp_path: Path, config: str) -> Non
     assert re.search(r"faces.size: \d+ -> 224", result.stderr)
     after = load_params(params)
     for name, values in before.items():  # overlay values in, everything else untouched
+        if not isinstance(values, dict):  # top-level scalars (lambda1..lambda4)
+            assert after[name] == overlay.get(name, values), name
+            continue
         for key, value in values.items():
             assert after[name][key] == overlay.get(name, {}).get(key, value), f"{name}.{key}"
     assert after["data"]["source"] == config and after["faces"]["size"] == 224

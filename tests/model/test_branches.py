@@ -1,0 +1,43 @@
+"""Audio/visual branches and the generator (model/branches.py)."""
+
+import pytest
+import torch
+from torch import nn
+
+from model.avnet import ModelConfig
+from model.branches import ConvBranch, Generator
+
+
+@pytest.mark.parametrize("modality,shape", [("voice", (2, 1, 224, 125)), ("face", (2, 3, 64, 64)),
+                                            ("face", (1, 3, 224, 224))])
+def test_default_branches_give_32x10x10(modality, shape):
+    cfg = ModelConfig()
+    if modality == "voice":
+        branch = ConvBranch(1, cfg.audio_channels, cfg.audio_kernels, cfg.audio_strides,
+                            cfg.pool_size)
+    else:
+        branch = ConvBranch(3, cfg.face_channels, cfg.face_kernels, cfg.face_strides,
+                            cfg.pool_size)
+    assert sum(isinstance(m, nn.Conv2d) for m in branch.modules()) == 5
+    out = branch(torch.randn(shape))
+    assert out.shape == (shape[0], 3200) and branch.num_features == 3200
+
+
+def test_layer_lists_must_agree():
+    with pytest.raises(ValueError, match="one entry per layer"):
+        ConvBranch(1, channels=(8, 8, 8, 8, 8), kernel_sizes=(3, 3), strides=((1, 1),) * 5)
+
+
+def test_branch_takes_layer_classes():
+    branch = ConvBranch(3, (4,) * 5, (3,) * 5, ((1, 1),) * 5, (2, 2),
+                        norm_layer=nn.Identity, act_layer=nn.GELU)
+    assert any(isinstance(m, nn.GELU) for m in branch.modules())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in branch.modules())
+    assert branch(torch.randn(1, 3, 8, 8)).shape == (1, 16)
+
+
+def test_generator_maps_3200_to_128():
+    gen = Generator(3200, (256,), 128)
+    assert gen(torch.randn(4, 3200)).shape == (4, 128)
+    linears = [m for m in gen.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(3200, 256), (256, 128)]

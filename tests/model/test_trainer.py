@@ -1,0 +1,232 @@
+"""model.trainer: optimiser coverage, val-only selection, determinism, resume, DDP, learning."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from model import trainer as T
+from model.avnet import AVMatchNet, InputDims, ModelConfig
+from model.checkpoint import load_checkpoint, model_meta  # noqa: F401
+
+# a CPU-sized network: the papers' layout (5 convs per branch, pooling, generator MLP, heads)
+TINY_MODEL: dict[str, Any] = {
+    "audio_channels": [4, 4, 8, 8, 8], "face_channels": [4, 4, 8, 8, 8], "pool_size": [4, 4],
+    "generator_hidden": [32], "embed_dim": 16, "head_hidden": [16], "retrieval_hidden": [16],
+    "vae_hidden": [16], "ct_heads": 2, "match_ks": [2, 4], "disc_steps": 2}
+TINY_TRAIN: dict[str, Any] = {"epochs": 2, "batch_size": 16, "threads": 1}
+
+
+def params(model: dict | None = None, train: dict | None = None, **lambdas: float) -> dict:
+    return {"model": {**TINY_MODEL, **(model or {})}, "train": {**TINY_TRAIN, **(train or {})},
+            "lambdas": lambdas}
+
+
+def tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a model or resume checkpoint directory."""
+    from safetensors.torch import load_file
+
+    from model.checkpoint import TENSORS
+
+    return load_file(str(path / TENSORS))
+
+
+SWITCHES = {"adversarial": ("none", "gan", "lsgan", "wgan"),
+            "metric": ("none", "lifted", "triplet", "ranked_list"),
+            "vae": ("none", "audio", "visual", "both"),
+            "private": ("none", "concat", "attention", "cross_transformer"),
+            "public": ("none", "gender", "nation", "both"), "shared_generator": (False, True)}
+
+
+@pytest.mark.parametrize(("switch", "value"), [(s, v) for s, vs in SWITCHES.items() for v in vs])
+def test_every_trainable_parameter_is_in_exactly_one_optimizer(switch: str, value: Any) -> None:
+    extra = {"audio_channels": [4, 4, 8, 8, 8]} if switch != "shared_generator" else {}
+    cfg = ModelConfig(**{**{k: tuple(v) if isinstance(v, list) else v
+                            for k, v in TINY_MODEL.items()}, **extra, switch: value})
+    net = AVMatchNet(cfg, InputDims(n_bins=32, frames=20, face_size=16, n_nation=3))
+    gen, disc = T.make_optimizers(net, T.TrainConfig())
+    held = [id(p) for opt in (gen, disc) if opt is not None for g in opt.param_groups
+            for p in g["params"]]
+    assert len(held) == len(set(held)), "a parameter is in two optimiser groups"
+    orphans = [n for n, p in net.named_parameters() if p.requires_grad and id(p) not in set(held)]
+    assert orphans == []
+    assert (disc is None) == (cfg.adversarial == "none")
+
+
+def test_log_decay_reaches_lr_end_and_constant_groups_stay() -> None:
+    w = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([{"params": [w], "lr": 5e-3, "lr_end": 5e-5},
+                            {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 1e-2,
+                             "lr_end": 1e-2}])
+    T.set_learning_rates(opt, 0.5)
+    assert opt.param_groups[0]["lr"] == pytest.approx(5e-4)  # geometric midpoint
+    T.set_learning_rates(opt, 1.0)
+    assert opt.param_groups[0]["lr"] == pytest.approx(5e-5)
+    assert opt.param_groups[1]["lr"] == pytest.approx(1e-2)
+
+
+def test_bad_selection_metric_is_refused() -> None:
+    from pipeline.common.config import ConfigError
+
+    with pytest.raises(ConfigError, match="select_metric"):
+        T.TrainConfig(select_metric="test.k2")
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("trained")
+    summary = T.run(tiny_data, out / "models", out / "live", params(lambda1=1.5))
+    return out, summary
+
+
+def test_run_writes_val_selected_checkpoint_and_dvclive_logs(trained: tuple[Path, dict]) -> None:
+    out, summary = trained
+    meta = model_meta(out / "models" / "best")
+    assert meta["selection"]["selected_on"] == "val"
+    assert meta["selection"]["epoch"] == summary["best_epoch"]
+    assert meta["selection"]["value"] == pytest.approx(summary["best"])
+    assert max(h["select"] for h in summary["history"]) == pytest.approx(summary["best"])
+    assert meta["params"]["lambdas"] == {"lambda1": 1.5}
+    assert set(meta["data"]) >= {"labels", "spec_norm", "face_attr"}
+    live = json.loads((out / "live" / "metrics.json").read_text())
+    assert live["best_epoch"] == summary["best_epoch"] and "train" in live and "val" in live
+    total = (out / "live" / "plots" / "metrics" / "train" / "total.tsv").read_text().splitlines()
+    assert len(total) == 1 + TINY_TRAIN["epochs"]  # header + one row per epoch
+    for term in ("metric", "rec", "cls", "gender", "nation", "dis", "adv", "dis_acc"):
+        assert (out / "live" / "plots" / "metrics" / "train" / f"{term}.tsv").exists(), term
+    # the checkpoint rebuilds the trained network exactly
+    net = AVMatchNet(ModelConfig(**{k: tuple(map(tuple, v)) if k.endswith("strides") else
+                                    tuple(v) if isinstance(v, list) else v
+                                    for k, v in meta["model"].items()}), InputDims(**meta["dims"]))
+    net.load_state_dict(tensors(out / "models" / "best"))
+
+
+def test_same_seed_gives_identical_checkpoints(trained: tuple[Path, dict], tiny_data: Path,
+                                               tmp_path: Path) -> None:
+    out, _ = trained
+    T.run(tiny_data, tmp_path / "models", tmp_path / "live", params(lambda1=1.5))
+    for name in ("best", "last"):
+        a, b = tensors(out / "models" / name), tensors(tmp_path / "models" / name)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_resume_after_an_interruption_continues_identically(
+        trained: tuple[Path, dict], tiny_data: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    out, _ = trained
+    real = T.train_epoch
+    calls = {"n": 0}
+
+    def crash_in_second_epoch(*args: Any, **kwargs: Any) -> dict:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated crash in epoch 2")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(T, "train_epoch", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        T.run(tiny_data, tmp_path / "models", tmp_path / "live", params(lambda1=1.5))
+    monkeypatch.setattr(T, "train_epoch", real)
+    summary = T.run(tiny_data, tmp_path / "models", tmp_path / "live", params(lambda1=1.5))
+    assert [h["epoch"] for h in summary["history"]] == [2]  # only the missing epoch ran
+    a, b = tensors(out / "models" / "last"), tensors(tmp_path / "models" / "last")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_other_params_do_not_resume(trained: tuple[Path, dict], tiny_data: Path,
+                                    tmp_path: Path) -> None:
+    import shutil
+
+    out, _ = trained
+    shutil.copytree(out / "models", tmp_path / "models")
+    summary = T.run(tiny_data, tmp_path / "models", tmp_path / "live",
+                    params(train={"epochs": 1}, lambda1=0.5))
+    assert [h["epoch"] for h in summary["history"]] == [1]  # started afresh
+
+
+def test_train_stage_never_reads_held_out_tuples(tiny_data: Path) -> None:
+    from model.data import HeldOutSplitError, load_tuples
+
+    for split in ("test", "seen_heard"):
+        with pytest.raises(HeldOutSplitError):
+            load_tuples(tiny_data / "tuples", split)
+
+
+def test_a_tiny_run_beats_chance_on_val(learnable_data: Path, tmp_path: Path) -> None:
+    """End to end on generated files: the model learns the voice-face link (val 1:2 U > 0.6)."""
+    summary = T.run(learnable_data, tmp_path / "models", tmp_path / "live",
+                    params(train={"epochs": 4}, model={"normalize_embedding": True}))
+    assert summary["best"] > 0.6, summary["history"]
+
+
+# ---- DDP: two gloo processes equal one process on the same global batch -------------------------
+
+DDP_MODEL = {"branch_norm": "layer", "private": "attention", "vae": "none", "metric": "lifted"}
+
+
+def _first_step(net: AVMatchNet, step: torch.nn.Module, batch: dict) -> tuple[float, dict]:
+    gen, disc = T.make_optimizers(net, T.TrainConfig())
+    weights = T.LossWeights()
+    terms = step(batch, weights, disc)
+    gen.zero_grad(set_to_none=True)
+    terms["total"].backward()
+    grads = {n: p.grad.detach().clone() for n, p in net.named_parameters()
+             if p.grad is not None and not n.startswith("discriminator.")}
+    return float(terms["total"].detach()), grads
+
+
+def _setup(data_dir: str, seed: int = 0) -> tuple[AVMatchNet, dict]:
+    from model.data import DataPaths, prepare_training
+
+    torch.manual_seed(seed)
+    cfg = T.TrainConfig(**{**TINY_TRAIN, "batch_size": 8})
+    data = prepare_training(DataPaths.under(data_dir), cfg.data)
+    model_cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v
+                               for k, v in {**TINY_MODEL, **DDP_MODEL}.items()})
+    net = AVMatchNet(model_cfg, InputDims(**data.source.input_dims()))
+    rows = data.train.groups()[("v2f", 2)][:8]  # one global batch of 8 tuples
+    return net, {"data": data, "rows": rows}
+
+
+def _ddp_worker(rank: int, world: int, data_dir: str, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    net, ctx = _setup(data_dir)
+    half = np.array_split(ctx["rows"], world)[rank]
+    info = T.Dist(rank, world, rank)
+    step = T.wrap_distributed(T.GeneratorStep(net), info, torch.device("cpu"))
+    loss, grads = _first_step(net, step, ctx["data"].train[half])
+    losses = torch.tensor([loss])
+    dist.all_reduce(losses)
+    if rank == 0:
+        torch.save({"loss": float(losses) / world, "grads": grads}, out)
+    dist.destroy_process_group()
+
+
+def test_two_process_ddp_first_step_equals_single_process(tiny_data: Path, tmp_path: Path) -> None:
+    import torch.multiprocessing as mp
+
+    torch.set_num_threads(1)
+    net, ctx = _setup(str(tiny_data))
+    loss, grads = _first_step(net, T.GeneratorStep(net), ctx["data"].train[ctx["rows"]])
+    out = tmp_path / "ddp.pt"
+    mp.spawn(_ddp_worker, args=(2, str(tiny_data), f"file://{tmp_path / 'rdv'}", str(out)),
+             nprocs=2, join=True)
+    ddp = torch.load(out, weights_only=True)
+    assert ddp["loss"] == pytest.approx(loss, rel=1e-5)
+    assert set(grads) <= set(ddp["grads"])
+    for name in set(ddp["grads"]) - set(grads):  # unused in this batch (e.g. the k = 4 head)
+        assert not ddp["grads"][name].any(), name
+    for name, grad in grads.items():
+        torch.testing.assert_close(ddp["grads"][name], grad, rtol=1e-3, atol=1e-5,
+                                   msg=lambda m, name=name: f"{name}: {m}")  # float32 sums

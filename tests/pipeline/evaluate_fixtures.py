@@ -2,9 +2,9 @@
 
 Import the names into a test module (pytest registers fixtures found in its namespace)::
 
-    from tests.pipeline.evaluate_fixtures import eval_data, tiny_checkpoint, tiny_data  # noqa: F401
+    from tests.pipeline.evaluate_fixtures import eval_data, tiny_checkpoint  # noqa: F401
 
-``tiny_data`` is the model tests' session fixture (``tests/model/conftest.py``: the real feature
+``tiny_data`` is the shared session fixture (``tests/conftest.py``: the real feature
 stages on the generated corpus). Its test split has only three identities and its seen_heard
 split one held-out video per identity, so :func:`eval_data` redraws the tuples with the real
 tuples stage over the same manifest and stores: ``multiway_k`` 3, constraints U and G, and
@@ -20,10 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.model.conftest import tiny_data
-
-__all__ = ["TINY_MODEL", "TINY_TRAIN", "TINY_TUPLES", "eval_data", "tiny_data",
-           "tiny_checkpoint"]
+__all__ = ["TINY_MODEL", "TINY_TRAIN", "TINY_TUPLES", "eval_data", "tiny_checkpoint"]
 
 TINY_MODEL = {"embed_dim": 16, "audio_channels": [4, 4, 4, 4, 4],
               "face_channels": [4, 4, 4, 4, 4],

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from pipeline import evaluate
 from pipeline.evaluate import EvaluateConfig, run
-from tests.pipeline.evaluate_fixtures import eval_data, tiny_checkpoint, tiny_data  # noqa: F401
+from tests.pipeline.evaluate_fixtures import eval_data, tiny_checkpoint  # noqa: F401
 
 app = typer.Typer()
 app.command()(evaluate.cli)  # the lead registers it as `avmatch evaluate`

@@ -204,8 +204,8 @@ class FaceStore(H5Store):
         out = np.empty((len(idx), self.size, self.size, 3), np.uint8)
         raw = _raw_chunks(images)
         for row, i in enumerate(idx.tolist()):
-            if raw:
-                _, chunk = images.id.read_direct_chunk((i, 0, 0, 0))
+            mask, chunk = images.id.read_direct_chunk((i, 0, 0, 0)) if raw else (1, b"")
+            if mask == 0:  # every filter was applied: the chunk is gzip over the raw bytes
                 out[row] = np.frombuffer(zlib.decompress(chunk), np.uint8).reshape(out.shape[1:])
             else:
                 out[row] = images[i]
@@ -213,6 +213,7 @@ class FaceStore(H5Store):
 
 
 def _raw_chunks(dataset: Any) -> bool:
-    """Whether every chunk of ``dataset`` is one whole image compressed with gzip alone."""
-    return (dataset.compression == "gzip" and not dataset.shuffle and not dataset.fletcher32
+    """Whether every chunk of ``dataset`` is one whole uint8 image compressed with gzip (the
+    shuffle filter, if any, is the identity on 1-byte elements)."""
+    return (dataset.compression == "gzip" and not dataset.fletcher32
             and dataset.chunks == (1, *dataset.shape[1:]) and dataset.dtype == np.uint8)

@@ -332,6 +332,7 @@ def _run(data_dir: Path, out_dir: Path, live_dir: Path, params: Mapping[str, Any
          device: torch.device) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     data = prepare_training(DataPaths.under(data_dir), cfg.data)
+    check_tuple_sizes(model_cfg, data)
     dims = InputDims(**data.source.input_dims())
     net = AVMatchNet(model_cfg, dims).to(device)
     step = wrap_distributed(GeneratorStep(net), dist_info, device)
@@ -378,6 +379,18 @@ def _run(data_dir: Path, out_dir: Path, live_dir: Path, params: Mapping[str, Any
     return {"epochs": cfg.epochs, "steps": state.step, "best_epoch": state.best_epoch,
             "best": state.best, "seconds": round(time.perf_counter() - start, 1),
             "history": history, "world_size": dist_info.world_size}
+
+
+def check_tuple_sizes(model_cfg: ModelConfig, data: TrainData) -> None:
+    """Every tuple size ``k`` of the train and val tuples needs its matching classifier."""
+    if "match" not in model_cfg.heads:
+        return
+    sizes = {k for _, k in data.train.groups()} | ({k for _, k in data.val.groups()}
+                                                    if data.val is not None else set())
+    missing = sorted(sizes - set(model_cfg.match_ks))
+    if missing:
+        raise ConfigError(f"model.match_ks {list(model_cfg.match_ks)} lacks the tuple size(s) "
+                          f"{missing} of the train/val tuples: add tuples.multiway_k to it")
 
 
 def _selection_meta(meta: Mapping[str, Any], cfg: TrainConfig, state: RunState,

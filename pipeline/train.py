@@ -23,7 +23,7 @@ from typing import Any
 
 import typer
 
-from pipeline.common.config import load_params, section
+from pipeline.common.config import ConfigError, load_params, section
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,15 @@ def cli(
     params: Path = typer.Option(Path("params.yaml"), "--params", help="params.yaml to read."),
 ) -> None:
     """Train AML / P2VANet; select the checkpoint on val (see ``pipeline/train.py``)."""
-    run(data_dir, model_dir, live_dir, load_params(params))
+    from model.checkpoint import CheckpointError
+    from model.data import HeldOutSplitError, MissingItemsError
+
+    try:
+        run(data_dir, model_dir, live_dir, load_params(params))
+    except (ConfigError, CheckpointError, HeldOutSplitError, MissingItemsError,
+            FileNotFoundError) as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 def main() -> None:  # pragma: no cover - ``torchrun -m pipeline.train``

@@ -162,7 +162,7 @@ def test_train_stage_never_reads_held_out_tuples(tiny_data: Path) -> None:
 def test_a_tiny_run_beats_chance_on_val(learnable_data: Path, tmp_path: Path) -> None:
     """End to end on generated files: the model learns the voice-face link (val 1:2 U > 0.6)."""
     summary = T.run(learnable_data, tmp_path / "models", tmp_path / "live",
-                    params(train={"epochs": 4}, model={"normalize_embedding": True}))
+                    params(train={"epochs": 6, "lr": 0.005, "lr_end": 0.0005}))
     assert summary["best"] > 0.6, summary["history"]
 
 

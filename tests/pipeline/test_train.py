@@ -35,6 +35,18 @@ def test_cli_trains_from_a_params_file(tiny_data: Path, tmp_path: Path) -> None:
     assert (tmp_path / "live" / "metrics.json").exists()
 
 
+def test_cli_names_a_bad_setting_without_a_traceback(tiny_data: Path, tmp_path: Path) -> None:
+    shipped = yaml.safe_load((ROOT / "params.yaml").read_text())
+    shipped["model"].update({**TINY_MODEL, "match_ks": [2, 10]})  # tiny_data has 1:4 tuples
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(shipped))
+    result = CliRunner().invoke(app, ["train", str(tiny_data), str(tmp_path / "models"),
+                                      str(tmp_path / "live"), "--params", str(params)])
+    assert result.exit_code == 1
+    assert "model.match_ks [2, 10] lacks the tuple size(s) [4]" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "models").exists()
+
+
 def test_stage_params_take_the_top_level_lambdas() -> None:
     params = {"train": {"epochs": 1}, "model": {}, "lambda1": 1.0, "lambda4": 0.5, "other": 3}
     assert stage_params(params)["lambdas"] == {"lambda1": 1.0, "lambda4": 0.5}

@@ -45,6 +45,7 @@ from sklearn.decomposition import PCA
 from benchmarks.common import update_report
 from model import metrics
 from model.data import DataPaths, read_audio_attributes, read_face_attributes
+from model.evaluation import COUNTS, estimate_keys
 from model.stores import FaceStore
 from pipeline.tupling.layout import read_table
 
@@ -309,8 +310,11 @@ def tune(items: dict[str, Items], reduced: Reduced, pairs: tuple[np.ndarray, np.
     return best, grid
 
 
-def _ci(values: np.ndarray, clusters: np.ndarray, key: str, cfg: BaselineConfig) -> dict[str, Any]:
-    return metrics.bootstrap_mean(values, clusters, n_resamples=cfg.resamples, seed=cfg.seed).flat(key)
+def _ci(values: np.ndarray, clusters: np.ndarray, key: str, cfg: BaselineConfig,
+        task: str) -> dict[str, Any]:
+    """``key`` and its interval / count keys, named as the evaluate stage names them."""
+    est = metrics.bootstrap_mean(values, clusters, n_resamples=cfg.resamples, seed=cfg.seed)
+    return estimate_keys(key, est, COUNTS[task])
 
 
 def evaluate_matching(space: Space, items: dict[str, Items], tuples: pl.DataFrame, split: str,
@@ -325,7 +329,7 @@ def evaluate_matching(space: Space, items: dict[str, Items], tuples: pl.DataFram
         hits = metrics.match_hits(match_scores(space, group, direction), group["label"].to_numpy())
         q_mod = DIRECTIONS[direction][0]
         owner = items[q_mod].identity[space.rows(q_mod, group["query_id"].to_list())]
-        out.update(_ci(hits, owner, f"{split}.{direction}.match.k{k}.{constraint}.acc", cfg))
+        out.update(_ci(hits, owner, f"{split}.{direction}.match.k{k}.{constraint}.acc", cfg, "match"))
     return out
 
 
@@ -344,7 +348,7 @@ def evaluate_pairs(space: Space, items: dict[str, Items], pairs: pl.DataFrame, s
         for name, stat in (("auc", metrics.auc_statistic), ("eer", metrics.eer_statistic)):
             est = metrics.cluster_bootstrap(stat, [scores, same], owner,
                                             n_resamples=cfg.resamples, seed=cfg.seed)
-            out.update(est.flat(f"{key}.{name}"))
+            out.update(estimate_keys(f"{key}.{name}", est, COUNTS["verify"]))
     return out
 
 
@@ -364,7 +368,7 @@ def evaluate_retrieval(space: Space, items: dict[str, Items], retrieval: pl.Data
         result = metrics.retrieval(scores, q_id, g_id, **groups)
         for name, values in result.per_query.items():
             key = f"{split}.{direction}.retrieval.{'map' if name == 'ap' else name}"
-            out.update(_ci(values[result.valid], q_id[result.valid], key, cfg))
+            out.update(_ci(values[result.valid], q_id[result.valid], key, cfg, "retrieval"))
     return out
 
 

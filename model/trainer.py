@@ -32,6 +32,7 @@ import dataclasses
 import logging
 import math
 import os
+import random
 import sys
 import time
 from collections.abc import Mapping
@@ -331,6 +332,7 @@ def _run(data_dir: Path, out_dir: Path, live_dir: Path, params: Mapping[str, Any
          cfg: TrainConfig, model_cfg: ModelConfig, weights: LossWeights, dist_info: Dist,
          device: torch.device) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    random.seed(cfg.seed)  # the resume state records Python's generator: keep it reproducible
     data = prepare_training(DataPaths.under(data_dir), cfg.data)
     check_tuple_sizes(model_cfg, data)
     dims = InputDims(**data.source.input_dims())

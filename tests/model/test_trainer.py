@@ -115,6 +115,9 @@ def test_same_seed_gives_identical_checkpoints(trained: tuple[Path, dict], tiny_
         a, b = tensors(out / "models" / name), tensors(tmp_path / "models" / name)
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a), name
+        for file in ("checkpoint.json", "tensors.safetensors"):  # byte for byte, for dvc.lock
+            assert (out / "models" / name / file).read_bytes() == \
+                (tmp_path / "models" / name / file).read_bytes(), f"{name}/{file}"
 
 
 def test_resume_after_an_interruption_continues_identically(

@@ -41,6 +41,7 @@ from model.metrics import (
     bootstrap_mean,
     equal_error_rate,
     match_hits,
+    percentile_interval,
     relation,
     retrieval,
     roc_auc,
@@ -153,14 +154,6 @@ def _weighted_auc_eer(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.
     return np.where(valid, auc, np.nan), np.where(valid, eer, np.nan)
 
 
-def _interval(stats: np.ndarray, level: float) -> tuple[float, float, int]:
-    finite = stats[np.isfinite(stats)]
-    if finite.size == 0:
-        return math.nan, math.nan, int(stats.size)
-    lo, hi = np.percentile(finite, [50.0 * (1.0 - level), 50.0 * (1.0 + level)])
-    return float(lo), float(hi), int(stats.size - finite.size)
-
-
 def bootstrap_verification(scores: np.ndarray, same: np.ndarray, clusters: np.ndarray,
                            boot: Bootstrap = Bootstrap(), chunk_cells: int = 4_000_000
                            ) -> dict[str, Estimate]:
@@ -196,7 +189,7 @@ def bootstrap_verification(scores: np.ndarray, same: np.ndarray, clusters: np.nd
     out = {}
     for name, point, stats in (("auc", point_auc, np.concatenate(aucs)),
                                ("eer", point_eer, np.concatenate(eers))):
-        lo, hi, invalid = _interval(stats, boot.level)
+        lo, hi, invalid = percentile_interval(stats, boot.level)
         out[name] = Estimate(float(point), lo, hi, n_clusters, int(scores.size),
                              boot.n_resamples, boot.level, invalid)
     return out

@@ -287,7 +287,8 @@ def _draws(n_clusters: int, n_resamples: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n_clusters, size=(n_resamples, n_clusters))
 
 
-def _interval(stats: np.ndarray, level: float) -> tuple[float, float, int]:
+def percentile_interval(stats: np.ndarray, level: float) -> tuple[float, float, int]:
+    """``(low, high, n_invalid)``: the percentile interval of the finite resampled ``stats``."""
     if not 0.0 < level < 1.0:
         raise ValueError("level must be in (0, 1)")
     finite = stats[np.isfinite(stats)]
@@ -328,7 +329,7 @@ def cluster_bootstrap(statistic: Statistic, arrays: Sequence[np.ndarray] | np.nd
     for b, draw in enumerate(_draws(n_clusters, n_resamples, seed)):
         idx = np.concatenate([members[c] for c in draw])
         stats[b] = statistic(*(a[idx] for a in arrays))
-    lo, hi, invalid = _interval(stats, level)
+    lo, hi, invalid = percentile_interval(stats, level)
     return Estimate(point, lo, hi, n_clusters, len(arrays[0]), n_resamples, level, invalid)
 
 
@@ -349,7 +350,7 @@ def bootstrap_mean(values: np.ndarray, clusters: np.ndarray, *,
     multiplicity = np.zeros((n_resamples, n_clusters))
     np.add.at(multiplicity, (np.arange(n_resamples)[:, None], draws), 1.0)  # (B, C) draw counts
     stats = (multiplicity @ sums) / (multiplicity @ counts)
-    lo, hi, invalid = _interval(stats, level)
+    lo, hi, invalid = percentile_interval(stats, level)
     return Estimate(_mean(values), lo, hi, n_clusters, values.size, n_resamples, level,
                     invalid)
 

@@ -56,12 +56,6 @@ def embed_items(net: AVMatchNet, source: FeatureSource, modality: str, ids: Sequ
     return ItemEmbeddings(kept, h, bank.identity_ids)
 
 
-def embed_split_items(net: AVMatchNet, source: FeatureSource, ids: Mapping[str, Sequence[str]],
-                      **kwargs: object) -> dict[str, ItemEmbeddings]:
-    """:func:`embed_items` for each modality of ``ids`` (``{"voice": [...], "face": [...]}``)."""
-    return {m: embed_items(net, source, m, ids[m], **kwargs) for m in MODALITIES}  # type: ignore[arg-type]
-
-
 def _tuple_embeddings(direction: str, query: Tensor, candidates: Tensor) -> TupleEmbeddings:
     """A :class:`TupleEmbeddings` from precomputed ``query (B, d)`` and ``candidates (B, k, d)``."""
     q_mod, c_mod = DIRECTIONS[direction]

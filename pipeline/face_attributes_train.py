@@ -47,7 +47,7 @@ import typer
 
 from model.attributes import predict, save_classifier, to_input
 from model.runtime import device, torch_runtime
-from pipeline.common.config import ConfigError, build, load_params, section
+from pipeline.common.config import ConfigError, from_sections, load_params
 from pipeline.common.images import DEFAULT_FACE_SIZE, load_face
 from pipeline.common.io import output_group, write_json
 from pipeline.common.parallel import imap_ordered
@@ -107,14 +107,7 @@ class FaceAttributesTrainConfig:
 
 def config_from_params(params: Mapping[str, Any]) -> FaceAttributesTrainConfig:
     """The stage's section plus the shared knobs (``size`` = ``faces.size``) of a params mapping."""
-    values = section(params, STAGE)
-    for name, (other, key) in FaceAttributesTrainConfig.shared_params.items():
-        if name in values:
-            raise ConfigError(f"{STAGE}.{name} is not a {STAGE} param: set {other}.{key}, which "
-                              f"this stage reads too (a shared knob is stated once)")
-        if key in section(params, other):
-            values[name] = section(params, other)[key]
-    return build(FaceAttributesTrainConfig, values, name=STAGE)
+    return from_sections(FaceAttributesTrainConfig, params, STAGE)
 
 
 @dataclass

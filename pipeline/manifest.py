@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 import typer
 
-from pipeline.common.config import ConfigError, build, load_params, section
+from pipeline.common.config import ConfigError, from_sections, load_params
 from pipeline.common.io import atomic_dir, write_json
 from pipeline.common.parallel import imap_ordered
 from pipeline.common.probe import BadInput, probe_audio, probe_image
@@ -67,14 +67,7 @@ class ManifestConfig:
 
 def config_from_params(params: Mapping[str, Any]) -> ManifestConfig:
     """The ``manifest`` section plus the shared knobs (``faces.min_size``) of a params mapping."""
-    values = section(params, "manifest")
-    for name, (other, key) in ManifestConfig.shared_params.items():
-        if name in values:
-            raise ConfigError(f"manifest.{name} is not a manifest param: set {other}.{key}, "
-                              "which the manifest reads too (a shared knob is stated once)")
-        if key in section(params, other):
-            values[name] = section(params, other)[key]
-    return build(ManifestConfig, values, name="manifest")
+    return from_sections(ManifestConfig, params, "manifest")
 
 
 def split_of(name: str, cfg: ManifestConfig) -> str:

@@ -70,3 +70,20 @@ def build(cls: type[T], mapping: Mapping[str, Any] | None, *, name: str | None =
 def from_params(cls: type[T], params_path: str | os.PathLike, name: str) -> T:
     """Load ``params_path`` and build ``cls`` from its section ``name``."""
     return build(cls, section(load_params(params_path), name), name=name)
+
+
+def from_sections(cls: type[T], params: Mapping[str, Any], name: str) -> T:
+    """Build ``cls`` from section ``name`` plus the knobs it shares with other sections.
+
+    ``cls.shared_params`` (optional) maps a field to the ``(section, key)`` that states it once,
+    e.g. ``{"min_face_size": ("faces", "min_size")}``; setting such a field in section ``name``
+    itself raises ``ConfigError``.
+    """
+    values = section(params, name)
+    for field, (other, key) in getattr(cls, "shared_params", {}).items():
+        if field in values:
+            raise ConfigError(f"{name}.{field} is not a {name} param: set {other}.{key}, which "
+                              f"this stage reads too (a shared knob is stated once)")
+        if key in section(params, other):
+            values[field] = section(params, other)[key]
+    return build(cls, values, name=name)

@@ -196,10 +196,15 @@ def vox_identity(task: VoxTask) -> dict:
 
 
 def celeba_identity(task: CelebaTask) -> dict:
-    """Render one synthetic celebrity's CelebA-format photos; return their labels."""
+    """Render one synthetic celebrity's CelebA-format photos; return their labels.
+
+    The photos use the face tracks' renderer and framing (:mod:`pipeline.synth.face`), with
+    an aligned view (:func:`pipeline.synth.face.draw_view`: roll, scale and shift within
+    ``ALIGNED_PLANE`` of the face tracks' ranges; milder blur, noise and JPEG).
+    """
     cfg = task.cfg
     rng = _rng(cfg.seed, STREAM_CELEBA, task.index)
-    look = F.draw_look(task.person, rng)
+    look = F.draw_look(task.person, rng)  # the first draw, as in celeba_looks
     folder = task.out_dir / L.CELEBA_IMAGES
     folder.mkdir(parents=True, exist_ok=True)
     labels = {}
@@ -228,17 +233,55 @@ class CelebaPlan:
     images: tuple[tuple[int, ...], ...]
 
 
+def celeba_looks(cfg: SynthConfig, people: tuple[Person, ...]) -> list[F.Look]:
+    """Each celebrity's look, drawn exactly as :func:`celeba_identity` draws it."""
+    return [F.draw_look(p, _rng(cfg.seed, STREAM_CELEBA, i)) for i, p in enumerate(people)]
+
+
+def stratify(labels: np.ndarray, sizes: list[int], rng: np.random.Generator,
+             swaps: int = 5000) -> np.ndarray:
+    """Part (0..len(sizes)-1) of each row of 0/1 ``labels`` (n, attributes), with the given part
+    sizes: a random split, then ``swaps`` random exchanges between parts, each kept when it brings
+    every part's count of each attribute's positives closer to its proportional share (squared
+    error relative to the share). Small parts thus hold about their share of every attribute."""
+    labels = labels.astype(np.int64)
+    n = len(labels)
+    part = np.repeat(np.arange(len(sizes)), sizes)[rng.permutation(n)]  # (n,)
+    target = np.asarray(sizes, float)[:, None] / n * labels.sum(axis=0)[None, :]  # (parts, attributes)
+    counts = np.stack([labels[part == p].sum(axis=0) for p in range(len(sizes))]).astype(float)
+    weight = 1.0 / np.maximum(target, 1.0)
+
+    def cost(c: np.ndarray) -> float:
+        return float((((c - target) ** 2) * weight).sum())
+
+    current = cost(counts)
+    for i, j in rng.integers(0, n, size=(swaps, 2)):
+        pi, pj = part[i], part[j]
+        if pi == pj or (labels[i] == labels[j]).all():
+            continue
+        trial = counts.copy()
+        trial[pi] += labels[j] - labels[i]
+        trial[pj] += labels[i] - labels[j]
+        c = cost(trial)
+        if c < current:
+            part[i], part[j], counts, current = pj, pi, trial, c
+    return part
+
+
 def plan_celeba(cfg: SynthConfig, initials: Mapping[str, str] | None = None) -> CelebaPlan:
-    """Partition celebrities 8:1:1 and number images partition by partition (as CelebA does)."""
+    """Partition celebrities 8:1:1 and number images partition by partition (as CelebA does).
+
+    The partitions are stratified on the 12 private attributes (:func:`stratify`), so the
+    small val and test partitions (20 identities each by default) hold about their share of
+    every attribute's positives, and each balanced accuracy rests on several identities.
+    """
     people = tuple(sample_people(cfg.celeba_identities, cfg.seed, stream=1, initials=initials))
     rng = _rng(cfg.seed, STREAM_CELEBA_PLAN)
     k = len(people)
     sizes = apportion(k, CELEBA_PARTITION_WEIGHTS, lo=[1, 1, 1])
-    order = rng.permutation(k)
-    partitions = np.empty(k, dtype=int)
-    bounds = np.cumsum([0, *sizes])
-    for part in range(3):
-        partitions[order[bounds[part]:bounds[part + 1]]] = part
+    labels = np.array([[look.private_attributes()[a] for a in F.PRIVATE_ATTRIBUTES]
+                       for look in celeba_looks(cfg, people)])  # (k, 12)
+    partitions = stratify(labels, list(sizes), rng)
     celeb_ids = rng.permutation(k) + 1
     images: list[list[int]] = [[] for _ in range(k)]
     number = 1
@@ -286,7 +329,7 @@ def _look_columns(look: F.Look) -> dict:
     cols = {"face_width": look.width, "face_length": look.length, "jaw": look.jaw,
             "skin_b": look.skin[0], "skin_g": look.skin[1], "skin_r": look.skin[2],
             "hair_colour": look.hair_name, "grey": look.grey, "hair_style": look.hair_style,
-            "bald": int(look.bald), "beard": look.beard}
+            "bald": int(look.bald), "beard": look.beard, "makeup": int(look.makeup)}
     return {**cols, **{a: int(v) for a, v in look.private_attributes().items()}}
 
 

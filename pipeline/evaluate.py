@@ -61,6 +61,7 @@ from model.plots import (
     write_csv,
 )
 from pipeline.common.config import ConfigError, build, load_params, section
+from pipeline.common.directions import DIRECTIONS, MODALITIES
 from pipeline.common.io import output_group
 from pipeline.common.rejects import Rejects, TooManyRejects
 from pipeline.tupling.layout import table_path
@@ -68,8 +69,6 @@ from pipeline.tupling.truncation import truncate_table
 
 log = logging.getLogger(__name__)
 
-DIRECTIONS = {"v2f": ("voice", "face"), "f2v": ("face", "voice")}  # query, candidate modality
-MODALITIES = ("voice", "face")
 EVAL_SPLITS = ("test", "seen_heard")
 THRESHOLD_SPLIT = "val"
 SELECT_SPLIT = "val"
@@ -319,24 +318,31 @@ def embed_split(net: Any, source: Any, manifest: ManifestView, refs: Mapping[str
     return emb
 
 
+ITEM_COLUMNS = {"matching": ("query_id", "candidate_ids"), "pairs": ("query_id", "candidate_id")}
+
+
+def embedded_rows(frame: pl.DataFrame, cols: Sequence[str], emb: Mapping[str, Any]) -> np.ndarray:
+    """Per row of a matching or pairs frame: whether every item it names has an embedding."""
+    index = {m: set(emb[m].ids) for m in MODALITIES}
+    keep = np.ones(frame.height, dtype=bool)
+    for d, mods in DIRECTIONS.items():
+        rows = (frame["direction"] == d).to_numpy()
+        for col, m in zip(cols, mods, strict=True):
+            ok = np.array([all(v in index[m] for v in (x if isinstance(x, list) else [x]))
+                           for x in frame[col].to_list()], dtype=bool)
+            keep &= ~rows | ok
+    return keep
+
+
 def usable(tables: SplitTables, emb: Mapping[str, Any]) -> tuple[SplitTables, dict[str, int]]:
     """``tables`` without the rows that reference an item without an embedding."""
-    index = {m: set(emb[m].ids) for m in MODALITIES}
     dropped = {}
     parts = {}
-    for name, frame, cols in (("matching", tables.matching, ("query_id", "candidate_ids")),
-                              ("pairs", tables.pairs, ("query_id", "candidate_id"))):
+    for name, frame in (("matching", tables.matching), ("pairs", tables.pairs)):
         if not frame.height:
             parts[name] = frame
             continue
-        keep = np.ones(frame.height, dtype=bool)
-        for d, mods in DIRECTIONS.items():
-            rows = (frame["direction"] == d).to_numpy()
-            for col, m in zip(cols, mods, strict=True):
-                values = frame[col].to_list()
-                ok = np.array([all(v in index[m] for v in (x if isinstance(x, list) else [x]))
-                               for x in values], dtype=bool)
-                keep &= ~rows | ok
+        keep = embedded_rows(frame, ITEM_COLUMNS[name], emb)
         parts[name] = frame.filter(pl.Series(keep))
         dropped[name] = int((~keep).sum())
     return SplitTables(tables.split, parts["matching"], parts["pairs"], tables.retrieval), dropped
@@ -399,7 +405,11 @@ def matching_block(ctx: Context, split: str, frame: pl.DataFrame, emb: Mapping[s
 
 def curve_block(ctx: Context, split: str, frame: pl.DataFrame, emb: Mapping[str, Any]
                 ) -> tuple[dict[str, Any], dict[str, list[int]]]:
-    """Accuracy for k = 2..K from the 1:K U tuples of each direction (K: their largest k)."""
+    """Accuracy for k = 2..K from the 1:K U tuples of each direction (K: their largest k).
+
+    ``frame`` is the split's whole matching table: the positions of a truncated tuple are
+    balanced over its whole stream, so rows with an item lacking an embedding are dropped after
+    the truncation, not before."""
     from model.scoring import score_matching
 
     metrics: dict[str, Any] = {}
@@ -414,9 +424,10 @@ def curve_block(ctx: Context, split: str, frame: pl.DataFrame, emb: Mapping[str,
         base = rows.filter(pl.col("k") == top)
         ks[direction] = list(range(2, top + 1))
         q_mod = DIRECTIONS[direction][0]
-        query_ident = ctx.manifest.identities_of(q_mod, base["query_id"].to_list())
+        keep = pl.Series(embedded_rows(base, ITEM_COLUMNS["matching"], emb))
+        query_ident = ctx.manifest.identities_of(q_mod, base.filter(keep)["query_id"].to_list())
         for k in ks[direction]:
-            cut = truncate_table(base, k)
+            cut = truncate_table(base, k).filter(keep)
             scores = score_matching(ctx.net, cut, emb)
             labels = cut["label"].to_numpy().astype(np.int64)
             for rule, values in ctx.rules(scores).items():
@@ -773,7 +784,7 @@ def _run(data_dir: Path, checkpoint: Path, out_dir: Path, cfg: EvaluateConfig,
         metrics.update(found)
         if kept[s].matching.height:
             multiway_k = max(multiway_k, int(kept[s].matching["k"].max()))
-        found, curve_ks[s] = curve_block(ctx, s, kept[s].matching, emb[s])
+        found, curve_ks[s] = curve_block(ctx, s, tables[s].matching, emb[s])
         metrics.update(found)
         found, scored_pairs = pairs_block(ctx, s, kept[s].pairs, emb[s])
         metrics.update(found)

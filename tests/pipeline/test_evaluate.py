@@ -375,3 +375,40 @@ def test_a_missing_imported_list_is_a_clear_error(eval_data: Path, tiny_checkpoi
                     params_file(tmp_path, imported=["sss_verify.parquet"]),
                     "--protocols", str(tmp_path))
     assert_refused(result, out, "avmatch tuples import FORMAT FILE")
+
+
+def test_the_curve_truncates_whole_streams_before_dropping_rows(
+        eval_data: Path, tiny_checkpoint: Path) -> None:  # noqa: F811
+    """A 1:K row whose item has no embedding leaves the accuracy-vs-k curve after the stream is
+    truncated, so the other rows keep the positions `truncate_table` gives the whole stream."""
+    from model.data import DataPaths, FeatureSource
+    from model.evaluation import Bootstrap
+    from model.metrics import match_accuracy
+    from model.scoring import ItemEmbeddings, embed_items, score_matching
+    from pipeline.tupling.truncation import truncate_table
+
+    net, meta = evaluate.load_network(tiny_checkpoint)
+    paths = DataPaths.under(eval_data)
+    tables = evaluate.SplitTables.read(paths.tuples, "test", ("matching",))
+    source = FeatureSource.from_state(paths, meta["data"])
+    refs = tables.references()
+    emb = {m: embed_items(net, source, m, sorted(refs[m]), batch_size=64, device="cpu")
+           for m in ("voice", "face")}
+    rows = tables.matching.filter((pl.col("direction") == "v2f") & (pl.col("constraint") == "U"))
+    base = rows.filter(pl.col("k") == rows["k"].max())
+    missing = base["candidate_ids"][0][-1]
+    faces = [u for u in emb["face"].ids if u != missing]
+    owner = dict(zip(emb["face"].ids, emb["face"].identity_ids, strict=True))
+    emb["face"] = ItemEmbeddings(faces, emb["face"].take(faces), [owner[u] for u in faces])
+    ctx = evaluate.Context(net, evaluate.ManifestView.read(paths.manifest), Bootstrap(50, 0, 0.95),
+                           net.cfg.score, [])
+    metrics, ks = evaluate.curve_block(ctx, "test", tables.matching, emb)
+    keep = pl.Series([missing not in c for c in base["candidate_ids"].to_list()])
+    assert 0 < keep.sum() < base.height
+    for k in ks["v2f"]:
+        cut = truncate_table(base, k).filter(keep)  # the whole stream truncated, then the drop
+        scores = score_matching(net, cut, emb)[net.cfg.score]
+        expected = match_accuracy(scores, cut["label"].to_numpy())
+        key = f"test.v2f.match.curve.k{k}.acc"
+        assert metrics[key] == pytest.approx(expected, abs=1e-12)
+        assert metrics[f"{key}.n_tuples"] == keep.sum()

@@ -47,13 +47,13 @@ from model import metrics
 from model.data import DataPaths, read_audio_attributes, read_face_attributes
 from model.evaluation import COUNTS, estimate_keys
 from model.stores import FaceStore
+from pipeline.common.directions import DIRECTIONS, MODALITIES
 from pipeline.tupling.layout import read_table
 
 log = logging.getLogger("benchmarks.linear_baseline")
 
 REPORT = Path(__file__).resolve().parents[1] / "reports" / "baselines.json"
 SECTION = "linear_cca"
-DIRECTIONS = {"v2f": ("voice", "face"), "f2v": ("face", "voice")}
 SPLITS = ("val", "test")
 
 
@@ -257,7 +257,7 @@ def fit_space(items: dict[str, Items], reduced: Reduced, pairs: tuple[np.ndarray
     cca = ridge_cca(xv[pairs[0]], yf[pairs[1]], ridge, components)
     scale = cca.correlations ** weight
     return Space(_unit(cca.project_x(xv) * scale), _unit(cca.project_y(yf) * scale),
-                 {m: items[m].index() for m in ("voice", "face")})
+                 {m: items[m].index() for m in MODALITIES})
 
 
 def match_scores(space: Space, tuples: pl.DataFrame, direction: str) -> np.ndarray:

@@ -52,6 +52,7 @@ from model.losses import (
 from model.private import PRIVATE_KINDS, build_private
 from model.vae import FeatureVAE, VAEOutput, reconstruction_loss
 from pipeline.common.config import ConfigError, build, section
+from pipeline.common.directions import MODALITIES, QUERY_MODALITY
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,6 @@ BRANCH_NORMS: dict[str, type[nn.Module] | Callable[[int], nn.Module]] = {
     "batch": nn.BatchNorm2d, "layer": partial(nn.GroupNorm, 1), "none": lambda _: nn.Identity()}
 # AML {lambda (margin), beta, gamma}: III-G says {1.0, 3.0, 2.0}, IV-G says {1.0, 2.0, 3.0}.
 AML_WEIGHTS = {"iii_g": (1.0, 3.0, 2.0), "iv_g": (1.0, 2.0, 3.0)}
-MODALITIES = ("voice", "face")  # modality label 0 = voice, 1 = face
-QUERY_MODALITY = {"v2f": "voice", "f2v": "face"}
 VAE_MODALITIES = {"none": (), "audio": ("voice",), "visual": ("face",), "both": MODALITIES}
 PUBLIC_HEADS = {"none": (), "gender": ("gender",), "nation": ("nation",),
                 "both": ("gender", "nation")}
@@ -221,7 +220,10 @@ class LearningRates:
 
     P2VANet IV-B: VAE 1e-2, discriminator 5e-3, gender 5e-3, nationality 5e-2; AML III-G:
     branches, generator and heads decay logarithmically from 5e-3 to 5e-5 (private-attribute
-    modules, which neither paper gives a rate for, follow them).
+    modules, which neither paper gives a rate for, follow them). These defaults are the papers'
+    rates; the train stage builds this from ``TrainConfig.learning_rates`` (params.yaml
+    ``train``), whose branch rate defaults to 1e-3 -> 1e-5 (docs/model.md, "Defaults chosen on
+    val").
     """
 
     base: float = 5e-3

@@ -47,6 +47,7 @@ import polars as pl
 import torch
 
 from model.stores import FaceStore, SpectrogramStore
+from pipeline.common.directions import DIRECTIONS, MODALITIES
 from pipeline.tupling.layout import table_path
 
 log = logging.getLogger(__name__)
@@ -58,8 +59,6 @@ __all__ = ["BatchKey", "DataConfig", "DataPaths", "FeatureSource", "HeldOutSplit
            "read_face_attributes", "spectrogram_normalization", "spectrogram_stats",
            "train_utterance_ids", "DIRECTIONS", "GENDERS", "IGNORE", "OTHER"]
 
-MODALITIES = ("voice", "face")
-DIRECTIONS = {"v2f": ("voice", "face"), "f2v": ("face", "voice")}  # query, candidate modality
 GENDERS = {"f": 0, "m": 1}
 OTHER = "other"
 IGNORE = -100  # an unknown label: F.cross_entropy's default ignore_index

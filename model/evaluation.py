@@ -38,6 +38,7 @@ from model.metrics import (
     DEFAULT_RESAMPLES,
     RETRIEVAL_KS,
     Estimate,
+    RetrievalResult,
     bootstrap_mean,
     equal_error_rate,
     match_hits,
@@ -236,6 +237,14 @@ def retrieval_metrics(prefix: str, scores: np.ndarray, query_identity: np.ndarra
     (excluded from every mean)."""
     result = retrieval(scores, query_identity, gallery_identity, query_group=query_group,
                        gallery_group=gallery_group, ks=ks)
+    return retrieval_estimates(prefix, result, query_identity, boot=boot, ks=ks)
+
+
+def retrieval_estimates(prefix: str, result: RetrievalResult, query_identity: np.ndarray, *,
+                        boot: Bootstrap = Bootstrap(), ks: Sequence[int] = RETRIEVAL_KS
+                        ) -> tuple[dict[str, float | int], int]:
+    """The keys of :func:`retrieval_metrics` from per-query values (``result``, e.g. merged
+    from queries with galleries of their own); intervals resample query identities."""
     valid = result.valid
     if not valid.any():
         raise ValueError(f"{prefix}: no query has a relevant gallery item")

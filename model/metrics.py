@@ -201,6 +201,16 @@ class RetrievalResult:
                 for key, values in self.per_query.items()}
 
 
+def merge_retrieval(results: Sequence[RetrievalResult]) -> RetrievalResult:
+    """One result holding the queries of several (each query against its own gallery)."""
+    if not results:
+        raise ValueError("nothing to merge")
+    keys = results[0].per_query.keys()
+    return RetrievalResult({k: np.concatenate([r.per_query[k] for r in results]) for k in keys},
+                           np.concatenate([r.valid for r in results]),
+                           np.concatenate([r.gallery_sizes for r in results]))
+
+
 def retrieval(scores: np.ndarray, query_identity: np.ndarray, gallery_identity: np.ndarray, *,
               exclude: np.ndarray | None = None, query_group: np.ndarray | None = None,
               gallery_group: np.ndarray | None = None,

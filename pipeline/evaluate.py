@@ -27,6 +27,7 @@ that use them are dropped and counted); more than ``max_reject_fraction`` fails 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -45,7 +46,7 @@ from model.evaluation import (
     headline_table,
     matching_metrics,
     metric_key,
-    retrieval_metrics,
+    retrieval_estimates,
     strata_metrics,
     threshold_metrics,
     verification_metrics,
@@ -60,6 +61,7 @@ from model.plots import (
     write_csv,
 )
 from pipeline.common.config import ConfigError, build, load_params, section
+from pipeline.common.directions import DIRECTIONS, MODALITIES
 from pipeline.common.io import output_group
 from pipeline.common.rejects import Rejects, TooManyRejects
 from pipeline.tupling.layout import table_path
@@ -67,11 +69,12 @@ from pipeline.tupling.truncation import truncate_table
 
 log = logging.getLogger(__name__)
 
-DIRECTIONS = {"v2f": ("voice", "face"), "f2v": ("face", "voice")}  # query, candidate modality
-MODALITIES = ("voice", "face")
 EVAL_SPLITS = ("test", "seen_heard")
 THRESHOLD_SPLIT = "val"
 SELECT_SPLIT = "val"
+IMPORTED_PREFIX = "imported"  # metric keys imported.<stem>.<dir>...
+IMPORTED_SPLIT = "test"  # every item of an imported list must be a test item
+IMPORTED_STEM = re.compile(r"[A-Za-z0-9_-]+")
 OUTPUTS = {"metrics": "metrics.json", "summary_md": "summary.md",
            "summary": "evaluate_summary.json", "rejects": "evaluate_rejects.parquet",
            "plots": "plots"}
@@ -96,8 +99,10 @@ class EvaluateConfig:
     batch_size: int = 256  # items per embedding batch
     threads: int = 0  # torch threads; 0 = every core
     max_reject_fraction: float = 0.05  # referenced items the stores may lack
+    imported: tuple[str, ...] = ()  # `avmatch tuples import` tables in the --protocols directory
 
     def __post_init__(self) -> None:
+        check_imported_names(self.imported)
         bad = sorted(set(self.splits) - set(EVAL_SPLITS))
         if bad or not self.splits:
             raise ConfigError(f"evaluate.splits must be a non-empty subset of {EVAL_SPLITS}; "
@@ -112,6 +117,17 @@ class EvaluateConfig:
     @property
     def bootstrap(self) -> Bootstrap:
         return Bootstrap(self.bootstrap_resamples, self.seed, self.ci_level)
+
+
+def check_imported_names(names: Sequence[str]) -> None:
+    """``evaluate.imported``: Parquet file names (no directories) with distinct, key-safe stems."""
+    stems = [Path(n).stem for n in names]
+    bad = [n for n in names if Path(n).name != n or Path(n).suffix != ".parquet"
+           or not IMPORTED_STEM.fullmatch(Path(n).stem)]
+    if bad or len(set(stems)) != len(stems):
+        raise ConfigError(
+            "evaluate.imported lists Parquet file names in the --protocols directory, each "
+            f"`<name>.parquet` with a distinct name of letters, digits, _ or -; got {list(names)}")
 
 
 # ---- inputs --------------------------------------------------------------------------------------
@@ -165,6 +181,20 @@ class SplitTables:
         return cls(split, frames.get("matching", empty), frames.get("pairs", empty),
                    frames.get("retrieval", empty))
 
+    @classmethod
+    def imported(cls, path: Path) -> SplitTables:
+        """An ``avmatch tuples import`` table (pairs or retrieval schema), named
+        ``imported.<stem>``; its kind is read from its columns."""
+        frame = pl.read_parquet(path)
+        empty = pl.DataFrame()
+        name = f"{IMPORTED_PREFIX}.{path.stem}"
+        if {"query_id", "candidate_id", "same"} <= set(frame.columns):
+            return cls(name, empty, frame, empty)
+        if {"query_ids", "gallery_ids"} <= set(frame.columns):
+            return cls(name, empty, empty, frame)
+        raise EvaluationRefused(f"{path}: neither a pairs nor a retrieval table (columns "
+                                f"{frame.columns}); write it with `avmatch tuples import`")
+
     def references(self) -> dict[str, list[str]]:
         """Every item id the tables use, per modality (first-seen order, each once)."""
         refs: dict[str, list[str]] = {m: [] for m in MODALITIES}
@@ -198,24 +228,29 @@ def check_selection(meta: Mapping[str, Any], checkpoint: Path) -> dict[str, Any]
 
 
 def check_split(split: str, refs: Mapping[str, Sequence[str]], manifest: ManifestView,
-                train_identities: set[str], rejects: Rejects) -> dict[str, int]:
+                train_identities: set[str], rejects: Rejects, name: str | None = None
+                ) -> dict[str, int]:
     """Refuse leaks in the items ``refs`` of ``split``; record items unknown to the manifest.
+    ``name`` labels the lists in messages (default: ``split``; imported lists are checked as
+    ``test``).
 
     - every item belongs to ``split`` in the manifest;
     - ``test`` / ``val``: no item of an identity the checkpoint was trained on;
     - ``seen_heard``: no item from a video (identity, video) of the manifest's train split.
     """
+    name = name or split
     known = {m: [u for u in refs[m] if u in manifest.owner[m]] for m in MODALITIES}
     for m in MODALITIES:
         for uid in refs[m]:
             if uid not in manifest.owner[m]:
-                rejects.add("not_in_manifest", id=uid, detail=f"{split} {m} item")
+                rejects.add("not_in_manifest", id=uid, detail=f"{name} {m} item")
     frames = {m: manifest.items[m].filter(pl.col("id").is_in(known[m])) for m in MODALITIES}
     for m, frame in frames.items():
         other = frame.filter(pl.col("split") != split)
         if other.height:
             raise EvaluationRefused(
-                f"{split} tuples reference {other.height} {m} item(s) of other splits "
+                f"{name} tuples reference {other.height} {m} item(s) of splits other than "
+                f"{split} "
                 f"({sorted(set(other['split'].to_list()))}), e.g. {other['id'].head(3).to_list()}")
     identities = set().union(*(set(f["identity"].to_list()) for f in frames.values()))
     if split == "seen_heard":
@@ -232,7 +267,7 @@ def check_split(split: str, refs: Mapping[str, Sequence[str]], manifest: Manifes
         overlap = sorted(identities & train_identities)
         if overlap:
             raise EvaluationRefused(
-                f"{split} tuples involve {len(overlap)} "
+                f"{name} tuples involve {len(overlap)} "
                 f"identit{'y' if len(overlap) == 1 else 'ies'} the checkpoint was trained on, "
                 f"e.g. {overlap[:3]}: {split} identities must be unseen")
     return {"identities": len(identities), **{f"{m}_items": len(known[m]) for m in MODALITIES}}
@@ -283,24 +318,31 @@ def embed_split(net: Any, source: Any, manifest: ManifestView, refs: Mapping[str
     return emb
 
 
+ITEM_COLUMNS = {"matching": ("query_id", "candidate_ids"), "pairs": ("query_id", "candidate_id")}
+
+
+def embedded_rows(frame: pl.DataFrame, cols: Sequence[str], emb: Mapping[str, Any]) -> np.ndarray:
+    """Per row of a matching or pairs frame: whether every item it names has an embedding."""
+    index = {m: set(emb[m].ids) for m in MODALITIES}
+    keep = np.ones(frame.height, dtype=bool)
+    for d, mods in DIRECTIONS.items():
+        rows = (frame["direction"] == d).to_numpy()
+        for col, m in zip(cols, mods, strict=True):
+            ok = np.array([all(v in index[m] for v in (x if isinstance(x, list) else [x]))
+                           for x in frame[col].to_list()], dtype=bool)
+            keep &= ~rows | ok
+    return keep
+
+
 def usable(tables: SplitTables, emb: Mapping[str, Any]) -> tuple[SplitTables, dict[str, int]]:
     """``tables`` without the rows that reference an item without an embedding."""
-    index = {m: set(emb[m].ids) for m in MODALITIES}
     dropped = {}
     parts = {}
-    for name, frame, cols in (("matching", tables.matching, ("query_id", "candidate_ids")),
-                              ("pairs", tables.pairs, ("query_id", "candidate_id"))):
+    for name, frame in (("matching", tables.matching), ("pairs", tables.pairs)):
         if not frame.height:
             parts[name] = frame
             continue
-        keep = np.ones(frame.height, dtype=bool)
-        for d, mods in DIRECTIONS.items():
-            rows = (frame["direction"] == d).to_numpy()
-            for col, m in zip(cols, mods, strict=True):
-                values = frame[col].to_list()
-                ok = np.array([all(v in index[m] for v in (x if isinstance(x, list) else [x]))
-                               for x in values], dtype=bool)
-                keep &= ~rows | ok
+        keep = embedded_rows(frame, ITEM_COLUMNS[name], emb)
         parts[name] = frame.filter(pl.Series(keep))
         dropped[name] = int((~keep).sum())
     return SplitTables(tables.split, parts["matching"], parts["pairs"], tables.retrieval), dropped
@@ -363,7 +405,11 @@ def matching_block(ctx: Context, split: str, frame: pl.DataFrame, emb: Mapping[s
 
 def curve_block(ctx: Context, split: str, frame: pl.DataFrame, emb: Mapping[str, Any]
                 ) -> tuple[dict[str, Any], dict[str, list[int]]]:
-    """Accuracy for k = 2..K from the 1:K U tuples of each direction (K: their largest k)."""
+    """Accuracy for k = 2..K from the 1:K U tuples of each direction (K: their largest k).
+
+    ``frame`` is the split's whole matching table: the positions of a truncated tuple are
+    balanced over its whole stream, so rows with an item lacking an embedding are dropped after
+    the truncation, not before."""
     from model.scoring import score_matching
 
     metrics: dict[str, Any] = {}
@@ -378,9 +424,10 @@ def curve_block(ctx: Context, split: str, frame: pl.DataFrame, emb: Mapping[str,
         base = rows.filter(pl.col("k") == top)
         ks[direction] = list(range(2, top + 1))
         q_mod = DIRECTIONS[direction][0]
-        query_ident = ctx.manifest.identities_of(q_mod, base["query_id"].to_list())
+        keep = pl.Series(embedded_rows(base, ITEM_COLUMNS["matching"], emb))
+        query_ident = ctx.manifest.identities_of(q_mod, base.filter(keep)["query_id"].to_list())
         for k in ks[direction]:
-            cut = truncate_table(base, k)
+            cut = truncate_table(base, k).filter(keep)
             scores = score_matching(ctx.net, cut, emb)
             labels = cut["label"].to_numpy().astype(np.int64)
             for rule, values in ctx.rules(scores).items():
@@ -418,44 +465,66 @@ def pairs_block(ctx: Context, split: str, frame: pl.DataFrame, emb: Mapping[str,
 
 def retrieval_block(ctx: Context, split: str, frame: pl.DataFrame, emb: Mapping[str, Any]
                     ) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:
-    """mAP and R@1/5/10 of every query against the split's whole gallery (every rule)."""
-    from model.scoring import score_gallery
+    """mAP and R@1/5/10 of every query against its gallery (every rule), per direction.
+
+    The stage's lists have one row per direction (the split's whole gallery); an imported list
+    has one row per query, each with its own gallery: the rows of a direction are pooled."""
+    from model.metrics import merge_retrieval, retrieval
 
     metrics: dict[str, Any] = {}
     counts: dict[str, dict[str, int]] = {}
     if not frame.height:
         return metrics, counts
-    for row in frame.sort("direction").iter_rows(named=True):
-        direction = row["direction"]
-        q_mod, c_mod = DIRECTIONS[direction]
-        q_ok = [i for i, u in enumerate(row["query_ids"]) if u in emb[q_mod].index]
-        g_ok = [j for j, u in enumerate(row["gallery_ids"]) if u in emb[c_mod].index]
-        q_ids = _pick(row["query_ids"], q_ok).tolist()
-        g_ids = _pick(row["gallery_ids"], g_ok).tolist()
-        if not q_ids or not g_ids:
-            listed = f"{len(row['query_ids'])} queries, {len(row['gallery_ids'])} gallery items"
-            ctx.notes.append(f"{split} {direction} retrieval: nothing to rank ({listed} listed, "
-                             f"{len(q_ids)} and {len(g_ids)} usable)")
+    for (direction,), rows in _groups(frame, ("direction",)):
+        parts = [p for p in (_retrieval_part(ctx, split, row, emb) for row in
+                             rows.iter_rows(named=True)) if p is not None]
+        if not parts:
             continue
-        groups = {}
-        if row["exclude_same_video"]:
-            groups = {"query_group": _pick(row["query_videos"], q_ok),
-                      "gallery_group": _pick(row["gallery_videos"], g_ok)}
-        q_ident = _pick(row["query_identities"], q_ok)
-        g_ident = _pick(row["gallery_identities"], g_ok)
-        if not any(_relevant(q_ident, g_ident, groups)):
-            ctx.notes.append(f"{split} {direction} retrieval: no usable query has a relevant "
-                             "gallery item")
-            continue
-        scores = score_gallery(ctx.net, direction, q_ids, g_ids, emb)
-        for rule, values in ctx.rules(scores).items():
-            found, lost = retrieval_metrics(metric_key(split, direction, rule, "retrieval"),
-                                            values, q_ident, g_ident, boot=ctx.boot, **groups)
+        q_ident = np.concatenate([p["query_identity"] for p in parts])
+        for rule in parts[0]["scores"]:
+            merged = merge_retrieval([retrieval(p["scores"][rule], p["query_identity"],
+                                                p["gallery_identity"], **p["groups"])
+                                      for p in parts])
+            found, lost = retrieval_estimates(metric_key(split, direction, rule, "retrieval"),
+                                              merged, q_ident, boot=ctx.boot)
             metrics.update(found)
-        counts[direction] = {"queries": len(q_ids), "gallery": len(g_ids),
-                             "queries_without_relevant": lost,
-                             "exclude_same_video": bool(row["exclude_same_video"])}
+        counts[direction] = {"queries": int(q_ident.size),
+                             "gallery": len({g for p in parts for g in p["gallery_ids"]}),
+                             "rows": len(parts), "queries_without_relevant": lost,
+                             "exclude_same_video": bool(rows["exclude_same_video"].any())}
     return metrics, counts
+
+
+def _retrieval_part(ctx: Context, split: str, row: Mapping[str, Any], emb: Mapping[str, Any]
+                    ) -> dict[str, Any] | None:
+    """One retrieval row's usable queries and gallery, scored under every rule (None, with a
+    note, when nothing can be ranked)."""
+    from model.scoring import score_gallery
+
+    direction = row["direction"]
+    q_mod, c_mod = DIRECTIONS[direction]
+    q_ok = [i for i, u in enumerate(row["query_ids"]) if u in emb[q_mod].index]
+    g_ok = [j for j, u in enumerate(row["gallery_ids"]) if u in emb[c_mod].index]
+    q_ids = _pick(row["query_ids"], q_ok).tolist()
+    g_ids = _pick(row["gallery_ids"], g_ok).tolist()
+    if not q_ids or not g_ids:
+        listed = f"{len(row['query_ids'])} queries, {len(row['gallery_ids'])} gallery items"
+        ctx.notes.append(f"{split} {direction} retrieval: nothing to rank ({listed} listed, "
+                         f"{len(q_ids)} and {len(g_ids)} usable)")
+        return None
+    groups = {}
+    if row["exclude_same_video"]:
+        groups = {"query_group": _pick(row["query_videos"], q_ok),
+                  "gallery_group": _pick(row["gallery_videos"], g_ok)}
+    q_ident = _pick(row["query_identities"], q_ok)
+    g_ident = _pick(row["gallery_identities"], g_ok)
+    if not any(_relevant(q_ident, g_ident, groups)):
+        ctx.notes.append(f"{split} {direction} retrieval: no usable query has a relevant "
+                         "gallery item")
+        return None
+    scores = score_gallery(ctx.net, direction, q_ids, g_ids, emb)
+    return {"scores": ctx.rules(scores), "query_identity": q_ident, "gallery_identity": g_ident,
+            "gallery_ids": g_ids, "groups": groups}
 
 
 def _relevant(query_identity: np.ndarray, gallery_identity: np.ndarray,
@@ -576,6 +645,17 @@ def montage_plot(source: Any, manifest: ManifestView, scored: Mapping[tuple, Any
 
 # ---- the run -------------------------------------------------------------------------------------
 
+def imported_table(metrics: Mapping[str, Any], names: Sequence[str], model_rule: str) -> str:
+    """Verification (each constraint the lists carry) and retrieval of the imported lists."""
+    columns = []
+    for c in ("U", "G", "N", "GN"):
+        if any(f".verify.{c}.auc" in k for k in metrics if k.startswith(IMPORTED_PREFIX)):
+            columns += [(f"AUC {c}", ("verify", c, "auc")), (f"EER {c}", ("verify", c, "eer"))]
+    columns += [(title, ("retrieval", name)) for title, name in
+                (("mAP", "map"), ("R@1", "r1"), ("R@5", "r5"), ("R@10", "r10"))]
+    return detail_table(metrics, names, model_rule, columns)
+
+
 def summary_markdown(metrics: Mapping[str, Any], splits: Sequence[str], model_rule: str,
                      multiway_k: int, info: Mapping[str, Any]) -> str:
     """``summary.md``: the headline table (P2VANet Table I) and the detail tables."""
@@ -614,25 +694,49 @@ def summary_markdown(metrics: Mapping[str, Any], splits: Sequence[str], model_ru
         "per-stratum accuracy under `<split>.<dir>.match.k2.U.strata.*`; val EER thresholds "
         "for `avmatch verify` under `val.<dir>.verify.<C>.threshold`.",
     ]
+    if info.get("imported"):
+        lines += ["", "## Imported protocol lists (evaluate.imported; test items only)", "",
+                  imported_table(metrics, info["imported"], model_rule)]
     if info.get("notes"):
         lines += ["", "Notes:", *(f"- {n}" for n in info["notes"])]
     return "\n".join(lines) + "\n"
 
 
-def run(data_dir: Path, checkpoint: Path, out_dir: Path, cfg: EvaluateConfig) -> dict[str, Any]:
-    """Evaluate ``checkpoint`` on ``data_dir``'s held-out tuples; write ``out_dir`` outputs."""
+def run(data_dir: Path, checkpoint: Path, out_dir: Path, cfg: EvaluateConfig,
+        protocols_dir: Path | None = None) -> dict[str, Any]:
+    """Evaluate ``checkpoint`` on ``data_dir``'s held-out tuples, and on the imported lists
+    ``cfg.imported`` in ``protocols_dir``; write ``out_dir`` outputs."""
     from model.checkpoint import model_meta
     from model.runtime import torch_runtime
 
     start = time.perf_counter()
     meta = model_meta(checkpoint)
     selection = check_selection(meta, checkpoint)
+    imported = read_imported(protocols_dir, cfg.imported)
     with torch_runtime(cfg.threads):
-        return _run(Path(data_dir), Path(checkpoint), Path(out_dir), cfg, meta, selection, start)
+        return _run(Path(data_dir), Path(checkpoint), Path(out_dir), cfg, meta, selection, start,
+                    imported)
+
+
+def read_imported(protocols_dir: Path | None, names: Sequence[str]) -> dict[str, SplitTables]:
+    """``imported.<stem>`` -> the table of each name in ``evaluate.imported``."""
+    if names and protocols_dir is None:
+        raise ConfigError("evaluate.imported names lists, but no --protocols directory was given")
+    out = {}
+    for name in names:
+        path = Path(protocols_dir) / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: an imported list named in evaluate.imported does not "
+                                    "exist; write it with `avmatch tuples import FORMAT FILE "
+                                    f"{path}`")
+        tables = SplitTables.imported(path)
+        out[tables.split] = tables
+    return out
 
 
 def _run(data_dir: Path, checkpoint: Path, out_dir: Path, cfg: EvaluateConfig,
-         meta: Mapping[str, Any], selection: dict[str, Any], start: float) -> dict[str, Any]:
+         meta: Mapping[str, Any], selection: dict[str, Any], start: float,
+         imported: Mapping[str, SplitTables]) -> dict[str, Any]:
     import torch
 
     from model.data import DataPaths, FeatureSource
@@ -650,8 +754,10 @@ def _run(data_dir: Path, checkpoint: Path, out_dir: Path, cfg: EvaluateConfig,
     rejects = Rejects("evaluate")
     tables = {s: SplitTables.read(paths.tuples, s) for s in cfg.splits}
     tables[THRESHOLD_SPLIT] = SplitTables.read(paths.tuples, THRESHOLD_SPLIT, ("pairs",))
+    tables.update(imported)
     refs = {s: t.references() for s, t in tables.items()}
-    checks = {s: check_split(s, refs[s], manifest, train_identities, rejects) for s in tables}
+    checks = {s: check_split(IMPORTED_SPLIT if s in imported else s, refs[s], manifest,
+                             train_identities, rejects, name=s) for s in tables}
     t = lap("read_and_check", start)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -673,12 +779,12 @@ def _run(data_dir: Path, checkpoint: Path, out_dir: Path, cfg: EvaluateConfig,
     scored_matching: dict[str, dict] = {}
     retrieval_counts, curve_ks = {}, {}
     multiway_k = 2
-    for s in cfg.splits:
+    for s in (*cfg.splits, *imported):  # imported lists hold pairs or retrieval only
         found, scored_matching[s] = matching_block(ctx, s, kept[s].matching, emb[s])
         metrics.update(found)
         if kept[s].matching.height:
             multiway_k = max(multiway_k, int(kept[s].matching["k"].max()))
-        found, curve_ks[s] = curve_block(ctx, s, kept[s].matching, emb[s])
+        found, curve_ks[s] = curve_block(ctx, s, tables[s].matching, emb[s])
         metrics.update(found)
         found, scored_pairs = pairs_block(ctx, s, kept[s].pairs, emb[s])
         metrics.update(found)
@@ -697,7 +803,8 @@ def _run(data_dir: Path, checkpoint: Path, out_dir: Path, cfg: EvaluateConfig,
 
     info = {"checkpoint": str(checkpoint), "selection": {k: v for k, v in selection.items()
                                                          if k != "val"},
-            "model_score": model_rule, "bootstrap": asdict(cfg.bootstrap), "notes": ctx.notes}
+            "model_score": model_rule, "bootstrap": asdict(cfg.bootstrap), "notes": ctx.notes,
+            "imported": sorted(imported)}
     with output_group() as group:
         plots_dir = group.dir(out_dir / OUTPUTS["plots"])
         for name, frame in plot_data.items():
@@ -758,13 +865,16 @@ def cli(
     out_dir: Path = typer.Argument(..., help="Reports directory: metrics.json, summary.md, "
                                    "evaluate_summary.json, evaluate_rejects.parquet, plots/."),
     params: Path = typer.Option(Path("params.yaml"), "--params", help="params.yaml to read."),
+    protocols: Path | None = typer.Option(
+        None, "--protocols", help="Directory of imported protocol lists (`avmatch tuples "
+        "import`); evaluate.imported names the ones to evaluate."),
 ) -> None:
     """Evaluate the val-selected checkpoint on test and seen_heard: matching, verification,
     retrieval with identity-bootstrap intervals, plots and summary (see pipeline/evaluate.py)."""
     from model.checkpoint import CheckpointError
 
     try:
-        run(data_dir, checkpoint, out_dir, stage_config(load_params(params)))
+        run(data_dir, checkpoint, out_dir, stage_config(load_params(params)), protocols)
     except (EvaluationRefused, CheckpointError, ConfigError, TooManyRejects,
             FileNotFoundError) as exc:
         typer.echo(f"Error: {exc}", err=True)

@@ -72,6 +72,7 @@ import typer
 from tqdm.auto import tqdm
 
 from pipeline.common.config import from_params
+from pipeline.common.directions import DIRECTIONS
 from pipeline.common.io import atomic_dir, write_json
 from pipeline.common.rejects import Rejects
 from pipeline.tupling import check as tuples_check
@@ -81,7 +82,6 @@ from pipeline.tupling.inputs import ITEM_SPLITS, Manifest, load, read_stores
 
 log = logging.getLogger(__name__)
 
-DIRECTIONS = {"v2f": ("voice", "face"), "f2v": ("face", "voice")}  # query, candidate modality
 CONSTRAINTS = ("U", "G", "N", "GN")
 SPLIT_CODE = {"train": 1, "val": 2, "test": 3, "seen_heard": 4}
 KIND_CODE = {"matching": 1, "pairs": 2}

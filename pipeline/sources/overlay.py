@@ -58,7 +58,19 @@ def _yaml():
     rt.indent(mapping=2, sequence=4, offset=2)
     rt.representer.add_representer(
         type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null"))
+    rt.representer.add_representer(
+        float, lambda rep, value: rep.represent_scalar("tag:yaml.org,2002:float", _float(value)))
     return rt
+
+
+def _float(value: float) -> str:
+    """A float as YAML 1.1 (PyYAML, DVC) reads it back as a float: ``5e-05`` is a string there,
+    ``5.0e-05`` a float."""
+    text = repr(float(value))
+    if text in ("inf", "-inf", "nan"):
+        return {"inf": ".inf", "-inf": "-.inf", "nan": ".nan"}[text]
+    mantissa, e, exponent = text.partition("e")
+    return f"{mantissa}.0e{exponent}" if e and "." not in mantissa else text
 
 
 def _styled(value: Any) -> Any:

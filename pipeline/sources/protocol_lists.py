@@ -10,7 +10,9 @@ Researchers compare against papers that evaluate on fixed lists. Supported forma
   checked against it (``label_mismatch`` otherwise). Output: the ``pairs.parquet`` schema.
 - ``sss-retrieval``: one query per line, the query path followed by its gallery paths,
   space-separated (all gallery items of the other modality). Output: the ``retrieval.parquet``
-  schema with one row per line (``query_ids`` holds the one query, ``gallery_ids`` its gallery).
+  schema with one row per line (``query_ids`` holds the one query, ``gallery_ids`` its gallery,
+  with their identities and videos; ``exclude_same_video`` is false: the list's gallery is used
+  as published).
 
 Blank lines and lines starting with ``#`` are skipped. The first item's modality sets
 ``direction``: a voice query is ``v2f``, a face query ``f2v``.
@@ -74,8 +76,11 @@ PAIRS_SCHEMA = {"split": pl.Utf8, "direction": pl.Utf8, "constraint": pl.Utf8, "
                 "candidate_id": pl.Utf8, "same": pl.Boolean, "seed": pl.Int64, "line": pl.Int32,
                 "query_path": pl.Utf8, "candidate_path": pl.Utf8, "candidate_split": pl.Utf8,
                 "face_mapping": pl.Utf8, "source": pl.Utf8}
-RETRIEVAL_SCHEMA = {"split": pl.Utf8, "direction": pl.Utf8, "query_ids": pl.List(pl.Utf8),
-                    "gallery_ids": pl.List(pl.Utf8), "line": pl.Int32, "query_path": pl.Utf8,
+RETRIEVAL_SCHEMA = {"split": pl.Utf8, "direction": pl.Utf8, "exclude_same_video": pl.Boolean,
+                    "query_ids": pl.List(pl.Utf8), "query_identities": pl.List(pl.Utf8),
+                    "query_videos": pl.List(pl.Utf8), "gallery_ids": pl.List(pl.Utf8),
+                    "gallery_identities": pl.List(pl.Utf8), "gallery_videos": pl.List(pl.Utf8),
+                    "line": pl.Int32, "query_path": pl.Utf8,
                     "gallery_paths": pl.List(pl.Utf8), "n_relevant": pl.Int32, "source": pl.Utf8}
 
 
@@ -96,6 +101,7 @@ class Item:
     id: str
     identity: str
     split: str
+    video: str
     mapping: str  # path | id | vggface_id | name_number
     ambiguous: int = 0  # other faces that matched name + number equally well
 
@@ -153,17 +159,17 @@ class ManifestIndex:
             if name:
                 index.identity_by_name.setdefault(name, ident)
                 index.identity_by_name.setdefault(name.rstrip("."), ident)
-        cols = ["id", "path", "identity", "split"]
-        for uid, path, ident, split in pl.read_parquet(manifest_dir / "utterances.parquet",
-                                                       columns=cols).iter_rows():
-            value = (uid, ident, split)
+        cols = ["id", "path", "identity", "split", "video"]
+        for uid, path, ident, split, video in pl.read_parquet(manifest_dir / "utterances.parquet",
+                                                              columns=cols).iter_rows():
+            value = (uid, ident, split, video)
             index.voices.setdefault(uid, value)
             tail = _tail(path, VOICE_ROOTS)
             if tail:
                 index.voices.setdefault(tail, value)
         faces = pl.read_parquet(manifest_dir / "faces.parquet", columns=[*cols, "frame"])
-        for uid, path, ident, split, frame in faces.iter_rows():
-            value = (uid, ident, split)
+        for uid, path, ident, split, video, frame in faces.iter_rows():
+            value = (uid, ident, split, video)
             tail = _tail(path, FACE_ROOTS)
             if tail:
                 index.faces.setdefault(tail, value)
@@ -265,7 +271,11 @@ def retrieval_row(index: ManifestIndex, fields: list[str]) -> tuple[dict, list[I
     query = index.item(fields[0])
     gallery = [index.item(t) for t in fields[1:]]
     row = {"split": query.split, "direction": "v2f" if query.modality == "voice" else "f2v",
-           "query_ids": [query.id], "gallery_ids": [g.id for g in gallery],
+           "exclude_same_video": False, "query_ids": [query.id],
+           "query_identities": [query.identity], "query_videos": [query.video],
+           "gallery_ids": [g.id for g in gallery],
+           "gallery_identities": [g.identity for g in gallery],
+           "gallery_videos": [g.video for g in gallery],
            "query_path": fields[0], "gallery_paths": fields[1:],
            "n_relevant": sum(g.identity == query.identity for g in gallery)}
     return row, [query, *gallery]

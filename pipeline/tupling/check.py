@@ -13,10 +13,9 @@ from collections.abc import Callable, Mapping
 
 import polars as pl
 
+from pipeline.common.directions import CANDIDATE_MODALITY, QUERY_MODALITY
 from pipeline.tupling.inputs import Manifest
 
-QUERY_MODALITY = {"v2f": "voice", "f2v": "face"}
-CANDIDATE_MODALITY = {"v2f": "face", "f2v": "voice"}
 HOME_SPLIT = {"train": "train", "seen_heard": "train", "val": "val", "test": "test"}
 
 

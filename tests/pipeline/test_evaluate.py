@@ -36,8 +36,9 @@ def params_file(tmp_path: Path, **overrides) -> Path:
     return path
 
 
-def invoke(data: Path, checkpoint: Path, out: Path, params: Path):
-    return CliRunner().invoke(app, [str(data), str(checkpoint), str(out), "--params", str(params)])
+def invoke(data: Path, checkpoint: Path, out: Path, params: Path, *extra: str):
+    return CliRunner().invoke(app, [str(data), str(checkpoint), str(out), "--params", str(params),
+                                    *extra])
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +225,8 @@ def test_refuses_tuples_that_reference_another_split(eval_data: Path, tiny_check
                        ).filter(pl.col("direction") == "v2f").write_parquet(path)
     out = tmp_path / "reports"
     result = invoke(data, tiny_checkpoint, out, params_file(tmp_path))
-    assert_refused(result, out, "test tuples reference 1 voice item(s) of other splits (['train'])")
+    assert_refused(result, out, "test tuples reference 1 voice item(s) of splits other than test "
+                                "(['train'])")
 
 
 def test_unknown_items_are_rejected_counted_and_limited(eval_data: Path, tiny_checkpoint: Path,  # noqa: F811
@@ -257,3 +259,156 @@ def test_a_missing_checkpoint_is_a_clear_error(eval_data: Path, tmp_path: Path) 
     out = tmp_path / "reports"
     result = invoke(eval_data, tmp_path / "nowhere", out, params_file(tmp_path))
     assert_refused(result, out, "not a checkpoint directory")
+
+
+# ---- imported protocol lists ---------------------------------------------------------------------
+
+def sss_paths(manifest: Path) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """Item id -> its path as a "Seeking the Shape of Sound" list writes it: voices relative to
+    ``wav/``; faces by the path under ``unzippedFaces/`` (exact) and as ``<Name>/<8 digits>.jpg``
+    (the published form; on face tracks it names the frame number)."""
+    voices = pl.read_parquet(manifest / "utterances.parquet")
+    faces = pl.read_parquet(manifest / "faces.parquet")
+    voice = {i: p.split("/wav/", 1)[1] for i, p in voices.select("id", "path").iter_rows()}
+    face = {i: p.split("/unzippedFaces/", 1)[1] for i, p in faces.select("id", "path").iter_rows()}
+    short = {i: f"{face[i].split('/', 1)[0]}/{int(frame):08d}.jpg"
+             for i, frame in faces.select("id", "frame").iter_rows()}
+    return voice, face, short
+
+
+def import_lists(data: Path, protocols: Path, verification: str, retrieval: str) -> None:
+    from pipeline.sources.protocol_lists import import_list
+
+    protocols.mkdir(exist_ok=True)
+    for fmt, text, stem in (("sss-verification", verification, "sss_verify"),
+                            ("sss-retrieval", retrieval, "sss_retrieval")):
+        (protocols / f"{stem}.txt").write_text(text, encoding="utf-8")
+        import_list(fmt, protocols / f"{stem}.txt", data / "manifest",
+                    protocols / f"{stem}.parquet")
+
+
+IMPORTED = ["sss_verify.parquet", "sss_retrieval.parquet"]
+
+
+@pytest.fixture(scope="module")
+def imported_reports(eval_data: Path, tiny_checkpoint: Path,  # noqa: F811
+                     tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """Evaluate with two imported lists: the stage's own test v2f U pairs written as a published
+    verification list (exact face paths), and a retrieval list in the published short form."""
+    tmp = tmp_path_factory.mktemp("imported")
+    voice, face, short = sss_paths(eval_data / "manifest")
+    pairs = pl.read_parquet(eval_data / "tuples" / "test" / "pairs.parquet").filter(
+        (pl.col("direction") == "v2f") & (pl.col("constraint") == "U"))
+    verification = "".join(f"{voice[q]} {face[c]} {int(same)}\n"
+                           for q, c, same in pairs.select("query_id", "candidate_id", "same")
+                           .iter_rows())
+    faces = pl.read_parquet(eval_data / "manifest" / "faces.parquet").filter(
+        pl.col("split") == "test")
+    gallery = " ".join(short[i] for i in faces.unique("identity", keep="first",
+                                                      maintain_order=True)["id"])
+    queries = pl.read_parquet(eval_data / "manifest" / "utterances.parquet").filter(
+        pl.col("split") == "test").head(4)["id"]
+    retrieval = "".join(f"{voice[q]} {gallery}\n" for q in queries)
+    import_lists(eval_data, tmp / "protocols", verification, retrieval)
+    out = tmp / "reports"
+    result = invoke(eval_data, tiny_checkpoint, out, params_file(tmp, imported=IMPORTED),
+                    "--protocols", str(tmp / "protocols"))
+    assert result.exit_code == 0, result.output
+    return out, {"pairs": pairs.height, "queries": len(queries)}
+
+
+def test_imported_lists_are_evaluated_like_test(imported_reports: tuple[Path, dict]) -> None:
+    out, counts = imported_reports
+    metrics = json.loads((out / "metrics.json").read_text())
+    for rule in RULES:
+        stage = key("test", "v2f", rule, "verify", "U", "auc")
+        ours = key("imported.sss_verify", "v2f", rule, "verify", "U", "auc")
+        # the same pairs, read from a published-format list: the same numbers
+        assert metrics[ours] == pytest.approx(metrics[stage], abs=1e-12)
+        assert metrics[ours.replace(".auc", ".eer")] == pytest.approx(
+            metrics[stage.replace(".auc", ".eer")], abs=1e-12)
+        assert metrics[f"{ours}.n_pairs"] == counts["pairs"]
+        for name in ("map", "r1", "r5", "r10"):
+            value = metrics[key("imported.sss_retrieval", "v2f", rule, "retrieval", name)]
+            assert 0.0 <= value <= 1.0
+    assert metrics["imported.sss_retrieval.v2f.retrieval.map.n_queries"] == counts["queries"]
+    summary = json.loads((out / "evaluate_summary.json").read_text())
+    assert summary["imported"] == ["imported.sss_retrieval", "imported.sss_verify"]
+    assert summary["retrieval"]["imported.sss_retrieval"]["v2f"]["queries"] == counts["queries"]
+    assert (out / "plots" / "roc" / "imported.sss_verify_v2f_U.csv").is_file()
+    text = (out / "summary.md").read_text()
+    assert "## Imported protocol lists" in text and "imported.sss_verify" in text
+
+
+def test_refuses_an_imported_list_with_a_val_item(eval_data: Path, tiny_checkpoint: Path,  # noqa: F811
+                                                  tmp_path: Path) -> None:
+    voice, _, short = sss_paths(eval_data / "manifest")
+    utterances = pl.read_parquet(eval_data / "manifest" / "utterances.parquet")
+    faces = pl.read_parquet(eval_data / "manifest" / "faces.parquet")
+    test_voice = utterances.filter(pl.col("split") == "test")["id"][0]
+    val_face = faces.filter(pl.col("split") == "val")["id"][0]
+    test_face = faces.filter(pl.col("split") == "test")["id"][0]
+    import_lists(eval_data, tmp_path / "protocols",
+                 f"{voice[test_voice]} {short[test_face]}\n{voice[test_voice]} {short[val_face]}\n",
+                 f"{voice[test_voice]} {short[test_face]} {short[val_face]}\n")
+    out = tmp_path / "reports"
+    result = invoke(eval_data, tiny_checkpoint, out,
+                    params_file(tmp_path, imported=["sss_verify.parquet"]),
+                    "--protocols", str(tmp_path / "protocols"))
+    assert_refused(result, out, "imported.sss_verify tuples reference 1 face item(s) of splits "
+                                "other than test (['val'])")
+
+
+@pytest.mark.parametrize("names", [["lists/a.parquet"], ["a.txt"], ["a b.parquet"],
+                                   ["a.parquet", "a.parquet"]])
+def test_imported_names_are_checked(names: list[str]) -> None:
+    from pipeline.common.config import ConfigError
+
+    with pytest.raises(ConfigError, match="evaluate.imported"):
+        EvaluateConfig(imported=tuple(names))
+
+
+def test_a_missing_imported_list_is_a_clear_error(eval_data: Path, tiny_checkpoint: Path,  # noqa: F811
+                                                  tmp_path: Path) -> None:
+    out = tmp_path / "reports"
+    result = invoke(eval_data, tiny_checkpoint, out,
+                    params_file(tmp_path, imported=["sss_verify.parquet"]),
+                    "--protocols", str(tmp_path))
+    assert_refused(result, out, "avmatch tuples import FORMAT FILE")
+
+
+def test_the_curve_truncates_whole_streams_before_dropping_rows(
+        eval_data: Path, tiny_checkpoint: Path) -> None:  # noqa: F811
+    """A 1:K row whose item has no embedding leaves the accuracy-vs-k curve after the stream is
+    truncated, so the other rows keep the positions `truncate_table` gives the whole stream."""
+    from model.data import DataPaths, FeatureSource
+    from model.evaluation import Bootstrap
+    from model.metrics import match_accuracy
+    from model.scoring import ItemEmbeddings, embed_items, score_matching
+    from pipeline.tupling.truncation import truncate_table
+
+    net, meta = evaluate.load_network(tiny_checkpoint)
+    paths = DataPaths.under(eval_data)
+    tables = evaluate.SplitTables.read(paths.tuples, "test", ("matching",))
+    source = FeatureSource.from_state(paths, meta["data"])
+    refs = tables.references()
+    emb = {m: embed_items(net, source, m, sorted(refs[m]), batch_size=64, device="cpu")
+           for m in ("voice", "face")}
+    rows = tables.matching.filter((pl.col("direction") == "v2f") & (pl.col("constraint") == "U"))
+    base = rows.filter(pl.col("k") == rows["k"].max())
+    missing = base["candidate_ids"][0][-1]
+    faces = [u for u in emb["face"].ids if u != missing]
+    owner = dict(zip(emb["face"].ids, emb["face"].identity_ids, strict=True))
+    emb["face"] = ItemEmbeddings(faces, emb["face"].take(faces), [owner[u] for u in faces])
+    ctx = evaluate.Context(net, evaluate.ManifestView.read(paths.manifest), Bootstrap(50, 0, 0.95),
+                           net.cfg.score, [])
+    metrics, ks = evaluate.curve_block(ctx, "test", tables.matching, emb)
+    keep = pl.Series([missing not in c for c in base["candidate_ids"].to_list()])
+    assert 0 < keep.sum() < base.height
+    for k in ks["v2f"]:
+        cut = truncate_table(base, k).filter(keep)  # the whole stream truncated, then the drop
+        scores = score_matching(net, cut, emb)[net.cfg.score]
+        expected = match_accuracy(scores, cut["label"].to_numpy())
+        key = f"test.v2f.match.curve.k{k}.acc"
+        assert metrics[key] == pytest.approx(expected, abs=1e-12)
+        assert metrics[f"{key}.n_tuples"] == keep.sum()

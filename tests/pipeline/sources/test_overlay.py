@@ -22,7 +22,9 @@ STAGES = {"data": ("pipeline.acquire", "DataConfig"),
           "spectrograms": ("pipeline.spectrograms", "SpectrogramConfig"),
           "faces": ("pipeline.faces", "FacesConfig"),
           "face_attributes_train": ("pipeline.face_attributes_train", "FaceAttributesTrainConfig"),
-          "tuples": ("pipeline.tuples", "TuplesConfig")}
+          "tuples": ("pipeline.tuples", "TuplesConfig"),
+          "model": ("model.avnet", "ModelConfig"),
+          "train": ("model.trainer", "TrainConfig")}
 
 # the published multi-part archives: (whole, MD5 of the concatenation, number of parts)
 PUBLISHED = {"voxceleb1": ("vox1_dev_wav.zip", "ae63e55b951748cc486645f532ba230b", 4),
@@ -58,8 +60,26 @@ def test_paper_config_applies_to_params_yaml(tmp_path: Path, config: str) -> Non
         if name in overlay:
             cfg = from_params(getattr(importlib.import_module(module), cls), params, name)
             assert cfg is not None
+    side = 224  # the face branch's strides bring 224-px faces to 28 x 28 before the 10 x 10 pool
+    for stride in after["model"]["face_strides"]:
+        side //= stride[0]
+    assert side == 28
+    assert (after["train"]["lr"], after["train"]["lr_end"]) == (0.005, 0.00005)  # AML III-G
     entries = {e.name: e for e in from_params(DataConfig, params, "data").entries()}
     whole = PUBLISHED[config]
     assert entries[whole[0]].md5 == whole[1] and entries[whole[0]].is_group
     assert len([e for e in entries.values() if e.group == whole[0]]) == whole[2]
     assert entries["img_align_celeba.zip"].md5 == "00d2c5bc6d35e252742224ab0c1e8fcb"
+
+
+@pytest.mark.parametrize("value", [5e-05, 0.005, 1e20, 2.5e-07, 1.0, -3e-5, float("inf")])
+def test_floats_are_written_as_yaml_1_1_floats(value: float) -> None:
+    """PyYAML (and DVC) read ``5e-05`` as a string; the overlay must write ``5.0e-05``."""
+    import io
+
+    from pipeline.sources.overlay import _yaml
+
+    buf = io.StringIO()
+    _yaml().dump({"x": value}, buf)
+    back = yaml.safe_load(buf.getvalue())["x"]
+    assert isinstance(back, float) and back == value

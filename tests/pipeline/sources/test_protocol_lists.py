@@ -15,7 +15,7 @@ from pipeline.manifest import ManifestConfig
 from pipeline.manifest import run as run_manifest
 from pipeline.sources import layout as L
 from pipeline.sources.protocol_lists import import_cli, import_list, side_paths
-from pipeline.tuples import PAIRS_COLUMNS
+from pipeline.tuples import PAIRS_COLUMNS, RETRIEVAL_SCHEMA
 from tests.vox_tree import make_tree, write_jpg, write_meta, write_wav
 
 # Hand-written over the tiny corpus (synth seed 11, three videos per identity): test identities
@@ -111,13 +111,19 @@ def test_retrieval_list(tiny_manifest: Path, tmp_path: Path) -> None:
     summary = import_list("sss-retrieval", write_list(tmp_path, RETRIEVAL), tiny_manifest, out,
                           max_reject_fraction=0.5)
     table = pl.read_parquet(out)
-    assert table.columns[:4] == ["split", "direction", "query_ids", "gallery_ids"]
+    stage = list(RETRIEVAL_SCHEMA)  # the tuples stage's retrieval.parquet columns come first
+    assert table.columns[:len(stage)] == stage
+    assert table.select(stage).schema == pl.Schema(RETRIEVAL_SCHEMA)
     assert table["line"].to_list() == [1, 2, 3]
     assert table["direction"].to_list() == ["v2f", "f2v", "v2f"]
     first = table.row(0, named=True)
     assert first["query_ids"] == ["id10003/EHvZeJ4Gxk9/00001"]
     assert first["gallery_ids"] == ["id10003/EHvZeJ4Gxk9/0001025", "id10004/IhH_onfsXpA/0001100",
                                     "id10005/Z7MsPCFUSYH/0001500", "id10005/01G3RKmJck1/0002100"]
+    assert first["query_identities"] == ["id10003"] and first["query_videos"] == ["EHvZeJ4Gxk9"]
+    assert first["gallery_identities"] == ["id10003", "id10004", "id10005", "id10005"]
+    assert first["gallery_videos"] == [g.split("/")[1] for g in first["gallery_ids"]]
+    assert not any(table["exclude_same_video"])  # a published gallery is used as listed
     assert table["n_relevant"].to_list() == [1, 1, 0]
     assert table.row(1, named=True)["query_ids"] == ["id10005/UFebBUkJdua/0001325"]
     reasons = dict(zip(pl.read_parquet(side_paths(out)[0])["reason"],

@@ -1,6 +1,12 @@
 """Measure what ``synth.difficulty`` does to the cross-modal signal of the synthetic corpus.
 
-For each difficulty it generates a small corpus and scores 1:2 voice->face matching trials
+For each difficulty, from the generator's parameters alone (:mod:`benchmarks.generator_ceiling`,
+3,000 drawn identities, nothing rendered), in both directions and for 1:2 U and G:
+
+- ``ceiling``: the generator-truth ceiling, a Bayes scorer on the true voice and face parameters;
+- ``gender_oracle``: the candidate of the query's gender wins (0.5 on G by construction).
+
+Then, on a small rendered corpus, measured predictors of 1:2 voice->face matching trials
 (query utterance; positive face of the same identity, negative face of a random other identity):
 
 - ``gender_oracle_1to2``: pick the candidate whose metadata gender matches the query's (random on
@@ -14,13 +20,19 @@ For each difficulty it generates a small corpus and scores 1:2 voice->face match
 - ``spearman_f0_width``: rank correlation of per-identity mean F0 and mean measured face width.
 - ``spearman_f0_body``: the same with the latent body size (ground truth from the sidecar).
 
-    python -m benchmarks.synth_difficulty [--identities 80] [--trials 4000]
+Finally ``default`` puts the default difficulty's (``params.yaml`` ``synth.difficulty``) ceiling
+and gender oracle beside the linear baseline's val and test 1:2 accuracies from
+``reports/baselines.json`` (``benchmarks/linear_baseline.py``, if it has been run on the default
+corpus), so the README table has one source.
+
+    python -m benchmarks.synth_difficulty [--identities 80] [--trials 4000] [--no-render]
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import logging
 import tempfile
 import time
@@ -28,8 +40,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from benchmarks.common import update_report
+from benchmarks.generator_ceiling import ceiling
 from pipeline.sources import layout as L
 from pipeline.synth.corpus import SynthConfig, synthesize
 
@@ -153,36 +167,68 @@ def score(m: dict, trials: int, seed: int) -> dict:
             "utterances": len(utts), "faces": len(faces)}
 
 
-def run(difficulties: list[float], identities: int, trials: int, seed: int, workers: int) -> dict:
+def measured(difficulty: float, identities: int, trials: int, seed: int, workers: int) -> dict:
+    """The F0/face-width predictors on a small rendered corpus at ``difficulty``."""
+    cfg = SynthConfig(identities=identities, seed=seed, difficulty=difficulty, videos_per_identity=2,
+                      utterances_per_video=2, utterance_seconds=(3.0, 5.0), frames_per_video=3,
+                      celeba_identities=6, celeba_images_per_identity=1)
+    with tempfile.TemporaryDirectory(prefix="synth_difficulty_") as tmp:
+        start = time.perf_counter()
+        synthesize(Path(tmp), cfg, workers=workers)
+        seconds = time.perf_counter() - start
+        return {**score(load_measurements(Path(tmp)), trials, seed), "generate_seconds": round(seconds, 2)}
+
+
+LINEAR_KEYS = tuple(f"{split}.{d}.match.k2.{c}.acc" for split in ("val", "test")
+                    for d in ("v2f", "f2v") for c in ("U", "G"))
+
+
+def linear_baseline(path: Path) -> dict | None:
+    """The linear CCA baseline's 1:2 accuracies (with intervals) from ``reports/baselines.json``."""
+    if not path.exists():
+        return None
+    section = json.loads(path.read_text()).get("linear_cca")
+    if not section:
+        return None
+    return {k: [section[k], section[f"{k}.ci_low"], section[f"{k}.ci_high"]] for k in LINEAR_KEYS}
+
+
+def run(difficulties: list[float], identities: int, trials: int, seed: int, workers: int,
+        render: bool, params: Path, baselines: Path) -> dict:
     rows = []
     for d in difficulties:
-        cfg = SynthConfig(identities=identities, seed=seed, difficulty=d, videos_per_identity=2,
-                          utterances_per_video=2, utterance_seconds=(3.0, 5.0), frames_per_video=3,
-                          celeba_identities=6, celeba_images_per_identity=1)
-        with tempfile.TemporaryDirectory(prefix="synth_difficulty_") as tmp:
-            start = time.perf_counter()
-            synthesize(Path(tmp), cfg, workers=workers)
-            seconds = time.perf_counter() - start
-            row = {"difficulty": d, **score(load_measurements(Path(tmp)), trials, seed),
-                   "generate_seconds": round(seconds, 2)}
+        row = {"difficulty": d, **ceiling(d, seed=seed)}
+        if render:
+            row["measured"] = measured(d, identities, trials, seed, workers)
         log.info("%s", row)
         rows.append(row)
-    return {"identities": identities, "trials": trials, "seed": seed, "rows": rows}
+    default = float(yaml.safe_load(params.read_text())["synth"]["difficulty"])
+    known = {r["difficulty"]: r for r in rows}
+    head = known.get(default) or {"difficulty": default, **ceiling(default, seed=seed)}
+    return {"identities_rendered": identities, "trials_rendered": trials, "seed": seed, "rows": rows,
+            "default": {"difficulty": default,
+                        "ceiling": {k: head[k] for k in ("v2f_U", "f2v_U", "v2f_G", "f2v_G")},
+                        "gender_oracle": {c: head[f"gender_oracle_{c}"] for c in ("U", "G")},
+                        "linear_cca": linear_baseline(baselines)}}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--difficulties", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
-    parser.add_argument("--identities", type=int, default=80)
-    parser.add_argument("--trials", type=int, default=4000)
+    parser.add_argument("--identities", type=int, default=80, help="rendered corpus size")
+    parser.add_argument("--trials", type=int, default=4000, help="rendered-corpus trials")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--no-render", dest="render", action="store_false",
+                        help="skip the rendered-corpus predictors (parameters only)")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--baselines", type=Path, default=Path("reports/baselines.json"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    result = run(args.difficulties, args.identities, args.trials, args.seed, args.workers)
+    result = run(args.difficulties, args.identities, args.trials, args.seed, args.workers,
+                 args.render, args.params, args.baselines)
     update_report("synth_difficulty", result)
-    for row in result["rows"]:
-        log.info("difficulty %.2f: %s", row["difficulty"], row)
+    log.info("default: %s", result["default"])
 
 
 if __name__ == "__main__":

@@ -181,8 +181,10 @@ class Channel:
 
 
 def coupling(difficulty: float) -> float:
-    """Correlation between the voice's view of a shared trait and the trait itself."""
-    return float(np.clip(1.0 - difficulty, 0.0, 1.0)) * 0.95
+    """Correlation between the voice's view of a shared trait and the trait itself: 0.97 at
+    difficulty 0, 0.91 at the default 0.5, 0 at 1 (nothing but gender is shared)."""
+    d = float(np.clip(difficulty, 0.0, 1.0))
+    return 0.97 * math.sqrt(1.0 - d ** 3)
 
 
 def _voice_view(value: float, rho: float, rng: np.random.Generator) -> float:
@@ -191,8 +193,9 @@ def _voice_view(value: float, rho: float, rng: np.random.Generator) -> float:
 
 
 def _voice_accent(person: Person, difficulty: float, rng: np.random.Generator) -> str:
-    """The nationality's accent, or (more often at high difficulty) some other group's."""
-    if rng.random() < 0.1 + 0.5 * difficulty:
+    """The nationality's accent, or (with probability ``difficulty``³, so always at 1) a random
+    group's."""
+    if rng.random() < difficulty ** 3:
         return GROUPS[int(rng.integers(len(GROUPS)))]
     return person.group
 
@@ -211,23 +214,23 @@ def draw_voice(person: Person, difficulty: float, rng: np.random.Generator) -> V
     male = person.gender == "m"
     gap = 1.0 - 0.45 * difficulty  # gender F0 gap shrinks with difficulty
     base = 165.0 * (0.765 if male else 1.26) ** gap
-    age_f0 = 1.0 + (0.0015 if male else -0.003) * (age - 42.0)
-    f0 = base * age_f0 * math.exp(-0.08 * body + rng.normal(0.0, 0.06 + 0.06 * difficulty))
-    vtl = (17.4 if male else 14.7) * (1.0 + 0.04 * body) * math.exp(rng.normal(0.0, 0.025))
-    old = max(age - 45.0, 0.0)
-    shimmer = (1.0 if male else 0.6) * (0.022 + 0.0008 * old + abs(float(rng.normal(0.0, 0.008))))
+    age_f0 = 1.0 + (0.002 if male else -0.004) * (age - 42.0)
+    f0 = base * age_f0 * math.exp(-0.1 * body + rng.normal(0.0, 0.04 + 0.06 * difficulty))
+    vtl = (17.4 if male else 14.7) * (1.0 + 0.07 * body) * math.exp(rng.normal(0.0, 0.02))
+    years = max(age - 18.0, 0.0)
+    shimmer = (1.0 if male else 0.6) * (0.018 + 0.0004 * years + abs(float(rng.normal(0.0, 0.006))))
     return Voice(
         accent=_voice_accent(person, difficulty, rng),
         f0_hz=round(float(np.clip(f0, 75.0, 320.0)), 2),
         f0_range_st=round((0.85 if male else 1.15) * math.exp(rng.normal(0.0, 0.2)), 3),
         vtl_cm=round(float(vtl), 3),
-        rate=round(math.exp(rng.normal(0.0, 0.08)) * (1.0 - 0.003 * (age - 42.0)), 3),
-        jitter=round(0.005 + 0.0001 * old + abs(float(rng.normal(0.0, 0.002))), 4),
+        rate=round(math.exp(rng.normal(0.0, 0.06)) * (1.0 - 0.008 * (age - 42.0)), 3),
+        jitter=round(0.004 + 0.00012 * years + abs(float(rng.normal(0.0, 0.0015))), 4),
         shimmer=round(shimmer, 4),
         breath=round(float(rng.uniform(0.08, 0.16) if male else rng.uniform(0.11, 0.21)), 4),
         open_phase=round(float(rng.uniform(0.55, 0.70)) + (0.0 if male else 0.12), 3),
         tilt_db=round(float(rng.uniform(4.0, 12.0)) + (0.0 if male else 4.0), 2),
-        flutter=round(float(rng.uniform(0.1, 0.3)), 3),
+        flutter=round(float(np.clip(0.05 + 0.006 * years + rng.uniform(0.0, 0.12), 0.0, 0.6)), 3),
         formant_bw=round(float(rng.uniform(0.6, 0.9) if male else rng.uniform(0.9, 1.3)), 3),
         creak=round(float(rng.uniform(0.05, 0.35) if male else rng.uniform(0.2, 0.6)), 3),
     )

@@ -38,7 +38,7 @@ from timm.models import register_model
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from model.branches import ConvBranch, Generator
+from model.branches import GENERATOR_NORMS, ConvBranch, Generator
 from model.heads import Discriminator, MatchingClassifier, RetrievalDistance, VerificationClassifier
 from model.losses import (
     discriminator_accuracy,
@@ -106,6 +106,7 @@ class ModelConfig:
     pool_size: tuple[int, int] = (10, 10)
     branch_norm: str = "batch"  # batch (AML III-G) | layer (GroupNorm(1, C): per item) | none
     generator_hidden: tuple[int, ...] = (256,)
+    generator_norm: str = "none"  # none | batch: BatchNorm1d (no affine) on the generator output
     shared_generator: bool = False
     # -- adversarial learning (AML III-C, Eq. 3, 10-11, Algorithm 1) --------------------------
     discriminator_hidden: tuple[int, ...] = ()
@@ -146,7 +147,8 @@ class ModelConfig:
                               ("loss_weighting", LOSS_WEIGHTING),
                               ("aml_weights", tuple(AML_WEIGHTS)),
                               ("eq18_lambda4", EQ18_LAMBDA4), ("generator_adv", GENERATOR_ADV),
-                              ("init", INITS), ("branch_norm", tuple(BRANCH_NORMS))):
+                              ("init", INITS), ("branch_norm", tuple(BRANCH_NORMS)),
+                              ("generator_norm", GENERATOR_NORMS)):
             _check(name, getattr(self, name), choices)
         for head in self.heads:
             _check("heads[]", head, HEADS)
@@ -352,10 +354,12 @@ class AVMatchNet(nn.Module):
                 raise ConfigError(f"model.shared_generator needs equal branch outputs; "
                                   f"got {widths}")
             self.generators = nn.ModuleDict({
-                "shared": Generator(widths["voice"], cfg.generator_hidden, d)})
+                "shared": Generator(widths["voice"], cfg.generator_hidden, d,
+                                    norm=cfg.generator_norm)})
         else:
-            self.generators = nn.ModuleDict({m: Generator(widths[m], cfg.generator_hidden, d)
-                                             for m in MODALITIES})
+            self.generators = nn.ModuleDict({
+                m: Generator(widths[m], cfg.generator_hidden, d, norm=cfg.generator_norm)
+                for m in MODALITIES})
         self.vaes = nn.ModuleDict({
             m: FeatureVAE(d, d, cfg.vae_hidden, noise=cfg.vae_noise if m == "voice" else 0.0,
                           detach_target=cfg.vae_detach_target)

@@ -6,18 +6,22 @@
   branch faces ``(N, 3, S, S)``; the pooling makes the output size independent of the input
   size, and the strides (params) set the cost.
 - :class:`Generator`: the MLP ``3200 -> 128`` of AML Eq. 1-2 (``phi`` for audio, ``psi`` for
-  faces; one shared or two separate networks, ``model.shared_generator``).
+  faces; one shared or two separate networks, ``model.shared_generator``), optionally followed
+  by a parameter-free batch normalisation of its output (``model.generator_norm: batch``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.heads import mlp
 
-__all__ = ["ConvBranch", "Generator"]
+__all__ = ["ConvBranch", "Generator", "GENERATOR_NORMS"]
+
+GENERATOR_NORMS = ("none", "batch")
 
 
 class ConvBranch(nn.Module):
@@ -61,12 +65,29 @@ class ConvBranch(nn.Module):
 
 
 class Generator(nn.Module):
-    """AML Eq. 1-2: an MLP from the 3200-d branch feature to the 128-d embedding space."""
+    """AML Eq. 1-2: an MLP from the 3200-d branch feature to the 128-d embedding space.
+
+    ``norm="batch"`` standardises each output dimension over the batch (``BatchNorm1d`` without
+    affine parameters; running statistics in eval mode). The branch features are non-negative
+    (ReLU, then average pooling), so every item shares a large common component; without this
+    normalisation Adam's first steps grow that component until the L2-normalised embeddings of
+    all items point the same way (docs/model.md, "Without the public classifiers ...").
+    """
 
     def __init__(self, in_features: int = 3200, hidden: Sequence[int] = (256,),
-                 out_features: int = 128, act_layer: type[nn.Module] = nn.ReLU) -> None:
+                 out_features: int = 128, act_layer: type[nn.Module] = nn.ReLU,
+                 norm: str = "none") -> None:
         super().__init__()
+        if norm not in GENERATOR_NORMS:
+            raise ValueError(f"generator norm must be one of {GENERATOR_NORMS}, got {norm!r}")
         self.net = mlp(in_features, hidden, out_features, act_layer=act_layer)
+        self.norm = nn.BatchNorm1d(out_features, affine=False) if norm == "batch" else None
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        f = self.net(x)  # (N, out_features)
+        if self.norm is None:
+            return f
+        if self.training and f.shape[0] < 2:  # one item has no batch statistics: use the running ones
+            return F.batch_norm(f, self.norm.running_mean, self.norm.running_var, training=False,
+                                eps=self.norm.eps)
+        return self.norm(f)

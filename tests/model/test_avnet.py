@@ -7,6 +7,7 @@ import math
 import pytest
 import timm
 import torch
+from torch import nn
 
 from model.avnet import (
     AML_WEIGHTS,
@@ -38,6 +39,7 @@ SWITCHES = {
     "loss_weighting": ["p2vanet", "aml"],
     "normalize_embedding": [False, True],
     "branch_norm": ["batch", "layer", "none"],
+    "generator_norm": ["none", "batch"],
 }
 SETTINGS = [(k, v) for k, values in SWITCHES.items() for v in values]
 
@@ -425,6 +427,8 @@ def test_config_unknown_key_and_bad_choice_raise():
         ModelConfig.from_params({"model": {"vae": "video"}})
     with pytest.raises(ConfigError, match="heads"):
         ModelConfig(heads=("match", "rank"))
+    with pytest.raises(ConfigError, match="model.generator_norm"):
+        ModelConfig(generator_norm="layer")
 
 
 def test_config_round_trip_through_json_lists():
@@ -450,3 +454,11 @@ def test_timm_registry():
         timm.create_model("avmatch_aml", dims=DIMS, embedding_dim=64)
     with pytest.raises(ValueError, match="pretrained"):
         timm.create_model("avmatch_aml", pretrained=True)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_generator_norm_batch_normalises_every_generator(shared):
+    net = AVMatchNet(tiny_cfg(generator_norm="batch", shared_generator=shared), DIMS)
+    gens = list(net.generators.values())
+    assert gens and all(isinstance(g.norm, nn.BatchNorm1d) and not g.norm.affine for g in gens)
+    assert all(g.norm is None for g in AVMatchNet(tiny_cfg(), DIMS).generators.values())  # default

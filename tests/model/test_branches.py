@@ -41,3 +41,42 @@ def test_generator_maps_3200_to_128():
     assert gen(torch.randn(4, 3200)).shape == (4, 128)
     linears = [m for m in gen.modules() if isinstance(m, nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(3200, 256), (256, 128)]
+
+
+def test_generator_norm_unknown_raises():
+    with pytest.raises(ValueError, match="generator norm"):
+        Generator(8, (4,), 4, norm="layer")
+
+
+def _mean_pairwise_cosine(h):
+    h = torch.nn.functional.normalize(h, dim=-1)
+    n = h.shape[0]
+    return float(((h @ h.T).sum() - n) / (n * (n - 1)))
+
+
+def test_generator_batch_norm_removes_the_common_component():
+    """Non-negative branch features share a large common part: without the output batch norm the
+    L2-normalised embeddings of different items all point the same way (the collapse of the
+    rows without public classifiers); with it they are centred and spread over the sphere."""
+    torch.manual_seed(0)
+    x = 1.0 + 0.5 * torch.rand(64, 3200)  # (N, 3200): common part + smaller item-specific part
+    plain, normed = Generator(3200, (256,), 128), Generator(3200, (256,), 128, norm="batch")
+    normed.net.load_state_dict(plain.net.state_dict())
+    assert _mean_pairwise_cosine(plain(x)) > 0.9
+    f = normed(x)  # (N, 128) in training mode: batch statistics
+    assert f.mean(0).abs().max() < 1e-4 and torch.allclose(f.std(0, unbiased=False),
+                                                           torch.ones(128), atol=0.05)
+    assert abs(_mean_pairwise_cosine(f)) < 0.1
+    assert not any(p.requires_grad for p in normed.norm.parameters())  # no affine parameters
+
+
+def test_generator_batch_norm_eval_and_single_item():
+    gen = Generator(16, (8,), 4, norm="batch")
+    x = torch.randn(10, 16)
+    gen(x)  # updates the running statistics
+    mean = gen.norm.running_mean.clone()
+    one = gen(x[:1])  # one item in training mode: running statistics, no update
+    assert torch.equal(gen.norm.running_mean, mean)
+    gen.eval()
+    assert torch.allclose(one, gen(x[:1]))
+    assert torch.allclose(gen(x)[:1], one)  # eval: per item, independent of the batch

@@ -106,7 +106,7 @@ class ModelConfig:
     pool_size: tuple[int, int] = (10, 10)
     branch_norm: str = "batch"  # batch (AML III-G) | layer (GroupNorm(1, C): per item) | none
     generator_hidden: tuple[int, ...] = (256,)
-    generator_norm: str = "none"  # none | batch: BatchNorm1d (no affine) on the generator output
+    generator_norm: str = "batch"  # none | batch: BatchNorm1d (no affine) on the generator output
     shared_generator: bool = False
     # -- adversarial learning (AML III-C, Eq. 3, 10-11, Algorithm 1) --------------------------
     discriminator_hidden: tuple[int, ...] = ()

@@ -50,7 +50,7 @@ from pipeline.synth.names import (
 log = logging.getLogger(__name__)
 
 GENERATOR = "avmatch.pipeline.synth"  # in corpus.json: the package, so its bytes outlive moves
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "2.0"  # 2.0: Praat voices, one face renderer, recalibrated shared traits
 SIDECAR = "synthetic"
 YTID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
 FIRST_VOX_ID = 10001
@@ -68,7 +68,7 @@ class SynthConfig:
     the manifest's (``manifest.val_initials`` / ``test_initials``), given to :func:`synthesize`.
     """
 
-    identities: int = 200
+    identities: int = 400
     seed: int = 0
     difficulty: float = 0.5  # 0 = voice strongly tied to shared traits, 1 = weakly, noisier channels
     videos_per_identity: int = 6
@@ -414,7 +414,7 @@ def synthesize(out_dir: Path, cfg: SynthConfig, workers: int | None = None,
 
 def cli(
     out_dir: Path = typer.Argument(..., help="Directory to write the corpus into (replaced atomically)."),
-    identities: int | None = typer.Option(None, "--identities", help="Number of identities [default: 200]."),
+    identities: int | None = typer.Option(None, "--identities", help="Number of identities [default: 400]."),
     seed: int | None = typer.Option(None, "--seed", help="Random seed [default: 0]."),
     difficulty: float | None = typer.Option(
         None, "--difficulty", help="0..1; higher = weaker voice-face link [default: 0.5]."),

@@ -216,7 +216,7 @@ def draw_voice(person: Person, difficulty: float, rng: np.random.Generator) -> V
     base = 165.0 * (0.765 if male else 1.26) ** gap
     age_f0 = 1.0 + (0.002 if male else -0.004) * (age - 42.0)
     f0 = base * age_f0 * math.exp(-0.1 * body + rng.normal(0.0, 0.04 + 0.06 * difficulty))
-    vtl = (17.4 if male else 14.7) * (1.0 + 0.07 * body) * math.exp(rng.normal(0.0, 0.02))
+    vtl = (17.4 if male else 14.7) * (1.0 + 0.045 * body) * math.exp(rng.normal(0.0, 0.015))
     years = max(age - 18.0, 0.0)
     shimmer = (1.0 if male else 0.6) * (0.018 + 0.0004 * years + abs(float(rng.normal(0.0, 0.006))))
     return Voice(

@@ -163,15 +163,19 @@ def test_train_stage_never_reads_held_out_tuples(tiny_data: Path) -> None:
 
 
 def test_a_tiny_run_beats_chance_on_val(learnable_data: Path, tmp_path: Path) -> None:
-    """End to end on generated files: the model learns the voice-face link (val 1:2 U > 0.6)."""
+    """End to end on generated files: the model learns the voice-face link (val 1:2 U > 0.6).
+
+    ``generator_norm: none``: on this 16-d network with batches of 16, the default batch
+    normalisation of the generator output reached 0.58 by epoch 2 and fell back to 0.49-0.51
+    (measured; docs/model.md), while at the default size it is the val-chosen setting."""
     summary = T.run(learnable_data, tmp_path / "models", tmp_path / "live",
-                    params(train={"epochs": 6, "lr": 0.005, "lr_end": 0.0005}))
+                    params(model={"generator_norm": "none"}, train={"epochs": 6, "lr": 0.005, "lr_end": 0.0005}))
     assert summary["best"] > 0.6, summary["history"]
 
 
 # ---- DDP: two gloo processes equal one process on the same global batch -------------------------
 
-DDP_MODEL = {"branch_norm": "layer", "private": "attention", "vae": "none", "metric": "lifted"}
+DDP_MODEL = {"branch_norm": "layer", "generator_norm": "none", "private": "attention", "vae": "none", "metric": "lifted"}
 
 
 def _first_step(net: AVMatchNet, step: torch.nn.Module, batch: dict) -> tuple[float, dict]:

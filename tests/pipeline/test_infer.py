@@ -119,8 +119,11 @@ def user_files(tiny_corpus: Path, tiny_manifest: Path, tmp_path_factory: pytest.
             voices.append(write_wav(out / f"voice{i}.wav", signal, rate=rate))
     photos, rng = [], np.random.default_rng(0)
     for uid, path in corpus_files(tiny_corpus, tiny_manifest, "faces.parquet", 18):
-        rgb = place(decode_rgb(read_bytes(path)), rng)
-        if detect_faces(rgb):
+        crop = decode_rgb(read_bytes(path))
+        rgb = place(crop, rng)
+        boxes = detect_faces(rgb)  # keep photos whose largest detection is the placed face
+        side = 2 * crop.shape[0]  # place() pastes it at (300, 60), enlarged 2x
+        if boxes and 300 < boxes[0].centre[0] < 300 + side and 60 < boxes[0].centre[1] < 60 + side:
             photos.append(write_jpeg(out / f"photo_{uid.replace('/', '_')}.jpg", rgb))
         if len(photos) == 4:
             break
@@ -358,9 +361,9 @@ def test_setup_errors_are_clear(trained: dict[str, Path], user_files: dict, tmp_
 # ---- `avmatch tuples`: the stage and `tuples import` ------------------------------------------------
 
 VERIFICATION = """\
-id10003/EHvZeJ4Gxk9/00001.wav Colin_Allen/00001025.jpg
-id10005/Z7MsPCFUSYH/00001.wav Eva_Singh/00001500.jpg
-id10004/43aKio7MR5v/00001.wav Colin_Allen/00000250.jpg
+id10003/vEvJqHqFx_H/00001.wav Colin_Allen/00001025.jpg
+id10005/qlMwWf_2ORZ/00001.wav Eva_Singh/00001500.jpg
+id10004/E0n1W-i9Ipw/00001.wav Colin_Allen/00000250.jpg
 """
 
 

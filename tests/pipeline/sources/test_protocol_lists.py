@@ -23,41 +23,41 @@ from tests.vox_tree import make_tree, write_jpg, write_meta, write_wav
 # id10002 Barbara_Rossi. Faces are face-track frames, so VGGFace1 numbers map to frame numbers.
 VERIFICATION = """\
 # voice  face  -- Seeking the Shape of Sound verification format
-id10003/EHvZeJ4Gxk9/00001.wav Colin_Allen/00001025.jpg
-id10003/dIDKldGdc-I/00001.wav Eva_Singh/00002100.jpg
-id10005/Z7MsPCFUSYH/00001.wav Eva_Singh/00001500.jpg 1
-id10004/43aKio7MR5v/00001.wav Colin_Allen/00000250.jpg 0
+id10003/vEvJqHqFx_H/00001.wav Colin_Allen/00001025.jpg
+id10003/QsQJBkbzU8D/00001.wav Eva_Singh/00002100.jpg
+id10005/qlMwWf_2ORZ/00001.wav Eva_Singh/00001500.jpg 1
+id10004/E0n1W-i9Ipw/00001.wav Colin_Allen/00000250.jpg 0
 
-Darren_Fleming/00001100.jpg id10004/MXcHNE0n1W-/00001.wav
-id10001/UetLfq78XkV/00001.wav Barbara_Rossi/00000975.jpg
-id10003/EHvZeJ4Gxk9/00001.wav Colin_Allen/1.6/lua1zVQsQJB/0000225.jpg
-id10003/EHvZeJ4Gxk9/00099.wav Colin_Allen/00001025.jpg
-id10003/EHvZeJ4Gxk9/00001.wav Colin_Allen/00000657.jpg
+Darren_Fleming/00001100.jpg id10004/41Tv7HBoNcA/00001.wav
+id10001/lOdTzwlMZZU/00001.wav Barbara_Rossi/00000975.jpg
+id10003/vEvJqHqFx_H/00001.wav Colin_Allen/1.6/7PUkITnwfE1/0000225.jpg
+id10003/vEvJqHqFx_H/00099.wav Colin_Allen/00001025.jpg
+id10003/vEvJqHqFx_H/00001.wav Colin_Allen/00000657.jpg
 id10117/59-3D0HIDAc/00001.wav CCH_Pounder/00000657.jpg
-id10003/EHvZeJ4Gxk9/00001.wav
-id10003/EHvZeJ4Gxk9/00001.wav id10004/43aKio7MR5v/00001.wav
-id10003/EHvZeJ4Gxk9/00001.mp3 Colin_Allen/00001025.jpg
-id10005/Z7MsPCFUSYH/00001.wav Eva_Singh/00001500.jpg 0
+id10003/vEvJqHqFx_H/00001.wav
+id10003/vEvJqHqFx_H/00001.wav id10004/E0n1W-i9Ipw/00001.wav
+id10003/vEvJqHqFx_H/00001.mp3 Colin_Allen/00001025.jpg
+id10005/qlMwWf_2ORZ/00001.wav Eva_Singh/00001500.jpg 0
 """
 EXPECTED_PAIRS = [  # line, direction, query, candidate, same, split, mapping
-    (2, "v2f", "id10003/EHvZeJ4Gxk9/00001", "id10003/EHvZeJ4Gxk9/0001025", True, "test", "name_number"),
-    (3, "v2f", "id10003/dIDKldGdc-I/00001", "id10005/01G3RKmJck1/0002100", False, "test", "name_number"),
-    (4, "v2f", "id10005/Z7MsPCFUSYH/00001", "id10005/Z7MsPCFUSYH/0001500", True, "test", "name_number"),
-    (5, "v2f", "id10004/43aKio7MR5v/00001", "id10003/lua1zVQsQJB/0000250", False, "test", "name_number"),
-    (7, "f2v", "id10004/IhH_onfsXpA/0001100", "id10004/MXcHNE0n1W-/00001", True, "test", "name_number"),
-    (8, "v2f", "id10001/UetLfq78XkV/00001", "id10002/ExxIhKL5EqQ/0000975", False, "val", "name_number"),
-    (9, "v2f", "id10003/EHvZeJ4Gxk9/00001", "id10003/lua1zVQsQJB/0000225", True, "test", "path"),
+    (2, "v2f", "id10003/vEvJqHqFx_H/00001", "id10003/vEvJqHqFx_H/0001025", True, "test", "name_number"),
+    (3, "v2f", "id10003/QsQJBkbzU8D/00001", "id10005/FUSYHfGEnBG/0002100", False, "test", "name_number"),
+    (4, "v2f", "id10005/qlMwWf_2ORZ/00001", "id10005/qlMwWf_2ORZ/0001500", True, "test", "name_number"),
+    (5, "v2f", "id10004/E0n1W-i9Ipw/00001", "id10003/7PUkITnwfE1/0000250", False, "test", "name_number"),
+    (7, "f2v", "id10004/OKPMreAKnOO/0001100", "id10004/41Tv7HBoNcA/00001", True, "test", "name_number"),
+    (8, "v2f", "id10001/lOdTzwlMZZU/00001", "id10002/Zym_yXPweSy/0000975", False, "val", "name_number"),
+    (9, "v2f", "id10003/vEvJqHqFx_H/00001", "id10003/7PUkITnwfE1/0000225", True, "test", "path"),
 ]
 EXPECTED_REJECTS = {10: "unmapped_voice", 11: "unmapped_face", 12: "unmapped_voice",
                     13: "bad_line", 14: "bad_line", 15: "unknown_modality", 16: "label_mismatch"}
 
 RETRIEVAL = """\
-id10003/EHvZeJ4Gxk9/00001.wav Colin_Allen/00001025.jpg Darren_Fleming/00001100.jpg Eva_Singh/00001500.jpg Eva_Singh/00002100.jpg
-Eva_Singh/00001325.jpg id10005/01G3RKmJck1/00001.wav id10003/dIDKldGdc-I/00001.wav id10004/IhH_onfsXpA/00001.wav
-id10003/EHvZeJ4Gxk9/00001.wav Darren_Fleming/00001100.jpg Eva_Singh/00001500.jpg
-id10003/EHvZeJ4Gxk9/00001.wav Colin_Allen/00001025.jpg Nobody_Here/00000001.jpg
-id10003/EHvZeJ4Gxk9/00001.wav Colin_Allen/00001025.jpg Colin_Allen/00001025.jpg
-id10003/EHvZeJ4Gxk9/00001.wav Colin_Allen/00001025.jpg id10004/IhH_onfsXpA/00001.wav
+id10003/vEvJqHqFx_H/00001.wav Colin_Allen/00001025.jpg Darren_Fleming/00001100.jpg Eva_Singh/00001500.jpg Eva_Singh/00002100.jpg
+Eva_Singh/00001325.jpg id10005/FUSYHfGEnBG/00001.wav id10003/QsQJBkbzU8D/00001.wav id10004/OKPMreAKnOO/00001.wav
+id10003/vEvJqHqFx_H/00001.wav Darren_Fleming/00001100.jpg Eva_Singh/00001500.jpg
+id10003/vEvJqHqFx_H/00001.wav Colin_Allen/00001025.jpg Nobody_Here/00000001.jpg
+id10003/vEvJqHqFx_H/00001.wav Colin_Allen/00001025.jpg Colin_Allen/00001025.jpg
+id10003/vEvJqHqFx_H/00001.wav Colin_Allen/00001025.jpg id10004/OKPMreAKnOO/00001.wav
 """
 
 
@@ -85,7 +85,7 @@ def test_verification_list_maps_and_rejects(tiny_manifest: Path, tmp_path: Path)
                    table["same"], table["split"], table["face_mapping"], strict=True))
     assert got == EXPECTED_PAIRS
     assert set(table["constraint"]) == {"U"} and table["seed"].null_count() == table.height
-    assert table["query_path"][0] == "id10003/EHvZeJ4Gxk9/00001.wav"
+    assert table["query_path"][0] == "id10003/vEvJqHqFx_H/00001.wav"
     rejects_path, summary_path = side_paths(out)
     rejects = pl.read_parquet(rejects_path)
     by_line = {int(p.rsplit(":", 1)[1]): r for p, r in zip(rejects["path"], rejects["reason"], strict=True)}
@@ -117,15 +117,15 @@ def test_retrieval_list(tiny_manifest: Path, tmp_path: Path) -> None:
     assert table["line"].to_list() == [1, 2, 3]
     assert table["direction"].to_list() == ["v2f", "f2v", "v2f"]
     first = table.row(0, named=True)
-    assert first["query_ids"] == ["id10003/EHvZeJ4Gxk9/00001"]
-    assert first["gallery_ids"] == ["id10003/EHvZeJ4Gxk9/0001025", "id10004/IhH_onfsXpA/0001100",
-                                    "id10005/Z7MsPCFUSYH/0001500", "id10005/01G3RKmJck1/0002100"]
-    assert first["query_identities"] == ["id10003"] and first["query_videos"] == ["EHvZeJ4Gxk9"]
+    assert first["query_ids"] == ["id10003/vEvJqHqFx_H/00001"]
+    assert first["gallery_ids"] == ["id10003/vEvJqHqFx_H/0001025", "id10004/OKPMreAKnOO/0001100",
+                                    "id10005/qlMwWf_2ORZ/0001500", "id10005/FUSYHfGEnBG/0002100"]
+    assert first["query_identities"] == ["id10003"] and first["query_videos"] == ["vEvJqHqFx_H"]
     assert first["gallery_identities"] == ["id10003", "id10004", "id10005", "id10005"]
     assert first["gallery_videos"] == [g.split("/")[1] for g in first["gallery_ids"]]
     assert not any(table["exclude_same_video"])  # a published gallery is used as listed
     assert table["n_relevant"].to_list() == [1, 1, 0]
-    assert table.row(1, named=True)["query_ids"] == ["id10005/UFebBUkJdua/0001325"]
+    assert table.row(1, named=True)["query_ids"] == ["id10005/rAO5vXKI0LW/0001325"]
     reasons = dict(zip(pl.read_parquet(side_paths(out)[0])["reason"],
                        pl.read_parquet(side_paths(out)[0])["kept"], strict=True))
     assert reasons == {"no_relevant": True, "unmapped_face": False, "duplicate_item": False,

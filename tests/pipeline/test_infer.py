@@ -118,12 +118,13 @@ def user_files(tiny_corpus: Path, tiny_manifest: Path, tmp_path_factory: pytest.
         else:
             voices.append(write_wav(out / f"voice{i}.wav", signal, rate=rate))
     photos, rng = [], np.random.default_rng(0)
+    (x, y), scale = (300, 60), 2
     for uid, path in corpus_files(tiny_corpus, tiny_manifest, "faces.parquet", 18):
         crop = decode_rgb(read_bytes(path))
-        rgb = place(crop, rng)
+        rgb = place(crop, rng, at=(x, y), scale=scale)
         boxes = detect_faces(rgb)  # keep photos whose largest detection is the placed face
-        side = 2 * crop.shape[0]  # place() pastes it at (300, 60), enlarged 2x
-        if boxes and 300 < boxes[0].centre[0] < 300 + side and 60 < boxes[0].centre[1] < 60 + side:
+        side = scale * crop.shape[0]
+        if boxes and x < boxes[0].centre[0] < x + side and y < boxes[0].centre[1] < y + side:
             photos.append(write_jpeg(out / f"photo_{uid.replace('/', '_')}.jpg", rgb))
         if len(photos) == 4:
             break

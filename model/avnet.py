@@ -6,7 +6,8 @@ params.yaml); the AML baseline is the setting ``vae: none, private: none, public
 Per modality (voice or face), :meth:`AVMatchNet.embed` computes::
 
     x --ConvBranch--> 3200 --Generator--> f (128)            AML III-B, Eq. 1-2
-      f --FeatureVAE--> Z (128), recon, mu, logvar            P2VANet Eq. 1-4   (model.vae)
+      f --FeatureVAE--> Z (128), recon, mu, logvar            P2VANet Eq. 1-4   (model.vae;
+                                                              mu goes on: model.vae_downstream)
       (Z, P) --private module--> ZP (128)                     P2VANet Eq. 6-12  (model.private)
       h = ZP (or Z, or f when those modules are off)
 
@@ -39,6 +40,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from model.branches import GENERATOR_NORMS, ConvBranch, Generator
+from model.cross_transformer import TOKEN_INITS
 from model.heads import Discriminator, MatchingClassifier, RetrievalDistance, VerificationClassifier
 from model.losses import (
     discriminator_accuracy,
@@ -69,6 +71,8 @@ HEADS = ("match", "verify", "retrieve")
 LOSS_WEIGHTING = ("p2vanet", "aml")
 EQ18_LAMBDA4 = ("nation", "gender")
 GENERATOR_ADV = ("negate", "flip")
+VAE_DOWNSTREAM = ("sample", "mean")
+PUBLIC_REDUCTION = ("sum", "mean")
 INITS = ("glorot", "torch")
 BRANCH_NORMS: dict[str, type[nn.Module] | Callable[[int], nn.Module]] = {
     "batch": nn.BatchNorm2d, "layer": partial(nn.GroupNorm, 1), "none": lambda _: nn.Identity()}
@@ -125,16 +129,19 @@ class ModelConfig:
     match_ks: tuple[int, ...] = (2, 10)  # one matching classifier per gallery size k
     head_hidden: tuple[int, ...] = (256,)  # hidden widths of the matching/verification heads
     retrieval_hidden: tuple[int, ...] = (128,)  # hidden widths of the retrieval distance MLP
-    score: str = "head"  # head | cosine: the evaluation score reported as the model's
+    score: str = "cosine"  # cosine | head: the evaluation score reported as the model's
     # -- P2VANet modules ---------------------------------------------------------------------
     vae_hidden: tuple[int, ...] = (128,)
     vae_noise: float = 0.1  # audio VAE corruption: Gaussian noise std / feature RMS
     vae_detach_target: bool = True
+    vae_downstream: str = "mean"  # mean (mu; the sample feeds the decoder) | sample (Eq. 1's Z)
     audio_attr_tokens: int = 32  # IS09: 32 contours x 12 functionals
     face_attr_tokens: int = 12  # one token per face attribute
+    token_init: str = "glorot"  # glorot | balanced: attribute-token scale (docs/model.md)
     ct_heads: int = 4
     ct_mlp_ratio: float = 2.0
     att_reduction: int = 4  # channel-attention reduction of private=attention
+    public_reduction: str = "mean"  # mean (over a tuple's items) | sum (Eq. 13-14 as written)
     # -- loss weighting and the papers' ambiguities ------------------------------------------
     loss_weighting: str = "p2vanet"  # p2vanet (Eq. 18) | aml (Eq. 9: beta, gamma)
     aml_weights: str = "iii_g"  # iii_g: {lambda,beta,gamma} = {1,3,2} | iv_g: {1,2,3}
@@ -148,7 +155,10 @@ class ModelConfig:
                               ("aml_weights", tuple(AML_WEIGHTS)),
                               ("eq18_lambda4", EQ18_LAMBDA4), ("generator_adv", GENERATOR_ADV),
                               ("init", INITS), ("branch_norm", tuple(BRANCH_NORMS)),
-                              ("generator_norm", GENERATOR_NORMS)):
+                              ("generator_norm", GENERATOR_NORMS),
+                              ("vae_downstream", VAE_DOWNSTREAM),
+                              ("public_reduction", PUBLIC_REDUCTION),
+                              ("token_init", TOKEN_INITS)):
             _check(name, getattr(self, name), choices)
         for head in self.heads:
             _check("heads[]", head, HEADS)
@@ -234,6 +244,7 @@ class LearningRates:
     discriminator: float = 5e-3
     gender: float = 5e-3
     nation: float = 5e-2
+    private: float | None = None  # None: base -> base_end; a value: constant
 
 
 # child module name -> optimiser group; a child missing here makes param_groups() raise
@@ -249,7 +260,7 @@ class Embedding:
 
     h: Tensor  # (N, d) final embedding
     feature: Tensor  # (N, d) generator output f (the VAE input)
-    z: Tensor  # (N, d) hidden variable (f when there is no VAE)
+    z: Tensor  # (N, d) what the VAE passes on: Z or mu (model.vae_downstream); f without a VAE
     vae: VAEOutput | None = None
 
     @property
@@ -368,7 +379,8 @@ class AVMatchNet(nn.Module):
         n_tokens = {"voice": cfg.audio_attr_tokens, "face": cfg.face_attr_tokens}
         self.private = nn.ModuleDict({
             m: build_private(cfg.private, d, n_attr[m], n_tokens[m], num_heads=cfg.ct_heads,
-                             mlp_ratio=cfg.ct_mlp_ratio, reduction=cfg.att_reduction)
+                             mlp_ratio=cfg.ct_mlp_ratio, reduction=cfg.att_reduction,
+                             token_init=cfg.token_init)
             for m in MODALITIES if cfg.private != "none"})
         self.match_head = (MatchingClassifier(d, cfg.match_ks, cfg.head_hidden)
                            if "match" in cfg.heads else None)
@@ -399,7 +411,7 @@ class AVMatchNet(nn.Module):
             raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
         f = self.generator(modality)(self.branches[modality](x))  # (N, d): AML Eq. 1-2
         vae = self.vaes[modality](f) if modality in self.vaes else None  # P2VANet Eq. 1-4
-        z = f if vae is None else vae.z
+        z = f if vae is None else (vae.z if self.cfg.vae_downstream == "sample" else vae.mu)
         h = z
         if modality in self.private:  # P2VANet Eq. 6-12
             if attr is None:
@@ -509,7 +521,8 @@ class AVMatchNet(nn.Module):
             terms["cls"] = sum(cls_terms.values())
         for name, head in (("gender", self.gender_head), ("nation", self.nation_head)):
             if head is not None:
-                terms[name] = per_tuple_ce(head(out.h_all), _item_labels(batch, name))
+                terms[name] = per_tuple_ce(head(out.h_all), _item_labels(batch, name),
+                                           self.cfg.public_reduction)
         total = sum(coef[n] * terms[n] for n in ("metric", "rec", "cls", "gender", "nation")
                     if n in terms)
         if self.discriminator is not None:
@@ -619,7 +632,8 @@ class AVMatchNet(nn.Module):
         final rate of AML's logarithmic decay; equal to ``lr`` for constant groups)."""
         lr = lr or LearningRates()
         rates = {"branches": (lr.base, lr.base_end), "generator": (lr.base, lr.base_end),
-                 "private": (lr.base, lr.base_end), "heads": (lr.base, lr.base_end),
+                 "private": ((lr.base, lr.base_end) if lr.private is None
+                             else (lr.private, lr.private)), "heads": (lr.base, lr.base_end),
                  "vae": (lr.vae, lr.vae), "gender": (lr.gender, lr.gender),
                  "nation": (lr.nation, lr.nation),
                  "discriminator": (lr.discriminator, lr.discriminator)}

@@ -26,7 +26,10 @@ import torch.nn.functional as F
 from timm.layers import Mlp
 from torch import Tensor, nn
 
-__all__ = ["SwitchNorm1d", "AttributeTokenizer", "CrossAttention", "CrossTransformer"]
+__all__ = ["SwitchNorm1d", "AttributeTokenizer", "CrossAttention", "CrossTransformer",
+           "TOKEN_INITS"]
+
+TOKEN_INITS = ("glorot", "balanced")
 
 
 class SwitchNorm1d(nn.Module):
@@ -73,21 +76,38 @@ class SwitchNorm1d(nn.Module):
 
 class AttributeTokenizer(nn.Module):
     """``(N, A)`` attribute vector -> ``(N, T, d)`` tokens: ``T`` contiguous chunks of ``A / T``
-    values, each mapped to ``d`` by its own linear layer (Glorot-initialised)."""
+    values, each mapped to ``d`` by its own linear layer.
 
-    def __init__(self, n_attr: int, n_tokens: int, dim: int) -> None:
+    ``init`` sets the scale of those per-token weights (uniform, zero biases):
+
+    - ``glorot`` (default): Glorot uniform per token. Averaging ``T`` small tokens leaves the
+      attributes under 1 % of the cross-transformer's output variance at initialisation.
+    - ``balanced``: variance ``T / (A / T)`` per weight, so a token of unit-variance attributes
+      has variance ``T`` per channel and the *mean* of the ``T`` tokens (what attention returns
+      while its weights are still uniform) has about unit variance, as the residual ``Z`` it is
+      added to (Eq. 10) does: the attributes start with about half of the output variance, as
+      in ``concat``. Measured on val it does not help (docs/model.md).
+    """
+
+    def __init__(self, n_attr: int, n_tokens: int, dim: int, init: str = "glorot") -> None:
         super().__init__()
         if n_tokens < 1 or n_attr % n_tokens:
             raise ValueError(f"{n_attr} attributes cannot be cut into {n_tokens} equal tokens "
                              f"(model.audio_attr_tokens / model.face_attr_tokens must divide it)")
+        if init not in TOKEN_INITS:
+            raise ValueError(f"token init must be one of {TOKEN_INITS}; got {init!r}")
         self.n_tokens = n_tokens
         self.chunk = n_attr // n_tokens
+        self.init = init
         self.weight = nn.Parameter(torch.empty(n_tokens, self.chunk, dim))
         self.bias = nn.Parameter(torch.zeros(n_tokens, dim))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        bound = math.sqrt(6.0 / (self.chunk + self.weight.shape[-1]))  # Glorot uniform per token
+        if self.init == "balanced":
+            bound = math.sqrt(3.0 * self.n_tokens / self.chunk)  # variance T / chunk
+        else:
+            bound = math.sqrt(6.0 / (self.chunk + self.weight.shape[-1]))  # Glorot per token
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.zeros_(self.bias)
 
@@ -100,12 +120,13 @@ class CrossAttention(nn.Module):
     """P2VANet Eq. 8-10: ``LP(softmax(Q K^T / sqrt(d/h)) V + z)``, ``Q`` from the hidden
     variable ``z`` (one token), ``K`` and ``V`` from the attribute tokens."""
 
-    def __init__(self, dim: int, n_attr: int, n_tokens: int, num_heads: int = 4) -> None:
+    def __init__(self, dim: int, n_attr: int, n_tokens: int, num_heads: int = 4,
+                 token_init: str = "glorot") -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"embedding dim {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
-        self.tokenizer = AttributeTokenizer(n_attr, n_tokens, dim)
+        self.tokenizer = AttributeTokenizer(n_attr, n_tokens, dim, init=token_init)
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)  # LP of Eq. 10
@@ -134,18 +155,20 @@ class CrossTransformer(nn.Module):
         n_tokens: attribute tokens (see the module docstring).
         num_heads: attention heads ``h`` of Eq. 9.
         mlp_ratio: FFN hidden width as a multiple of ``d`` (Eq. 12).
+        token_init: scale of the attribute tokens (:class:`AttributeTokenizer`).
         norm_layer: the LN of Eq. 12.
         act_layer: FFN activation.
     """
 
     def __init__(self, dim: int, n_attr: int, n_tokens: int, num_heads: int = 4,
-                 mlp_ratio: float = 2.0, norm_layer: type[nn.Module] = nn.LayerNorm,
+                 mlp_ratio: float = 2.0, token_init: str = "glorot",
+                 norm_layer: type[nn.Module] = nn.LayerNorm,
                  act_layer: type[nn.Module] = nn.GELU) -> None:
         super().__init__()
         self.norm_z = SwitchNorm1d(dim)  # Eq. 6
         self.norm_p = SwitchNorm1d(n_attr)  # Eq. 7
-        self.ca1 = CrossAttention(dim, n_attr, n_tokens, num_heads)  # Eq. 8-10
-        self.ca2 = CrossAttention(dim, n_attr, n_tokens, num_heads)  # Eq. 11
+        self.ca1 = CrossAttention(dim, n_attr, n_tokens, num_heads, token_init)  # Eq. 8-10
+        self.ca2 = CrossAttention(dim, n_attr, n_tokens, num_heads, token_init)  # Eq. 11
         self.norm = norm_layer(dim)
         self.ffn = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer)
         self.proj = nn.Linear(dim, dim)

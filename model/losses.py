@@ -134,16 +134,21 @@ def ranked_list_loss(embeddings: Tensor, identities: Tensor, margin: float = 0.4
     return loss(embeddings, identities)
 
 
-def per_tuple_ce(logits: Tensor, target: Tensor) -> Tensor:
+def per_tuple_ce(logits: Tensor, target: Tensor, reduction: str = "sum") -> Tensor:
     """``-1/M sum_i sum_j y_ij log p(h_ij)``: cross-entropy summed over the items of each tuple
-    and averaged over tuples (the form of AML Eq. 3 and P2VANet Eq. 5, 13, 14).
+    and averaged over tuples (the form of AML Eq. 3 and P2VANet Eq. 5, 13, 14); with
+    ``reduction="mean"`` averaged over the items of each tuple instead of summed.
 
     ``logits (B, n, C)``, ``target (B, n)``.
     """
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reduction must be sum or mean; got {reduction!r}")
     b, n, c = logits.shape
     ce = F.cross_entropy(logits.reshape(b * n, c), target.reshape(b * n),  # (B*n, C), (B*n,)
                          reduction="none")
-    return ce.view(b, n).sum(dim=1).mean()  # (B, n) -> scalar
+    per_tuple = ce.view(b, n)  # (B*n,) -> (B, n)
+    per_tuple = per_tuple.sum(dim=1) if reduction == "sum" else per_tuple.mean(dim=1)  # (B,)
+    return per_tuple.mean()
 
 
 def _critic(logits: Tensor) -> Tensor:

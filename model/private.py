@@ -43,9 +43,9 @@ class AttentionFusion(nn.Module):
     """
 
     def __init__(self, dim: int, n_attr: int, n_tokens: int, reduction: int = 4,
-                 kernel_size: int = 3) -> None:
+                 kernel_size: int = 3, token_init: str = "glorot") -> None:
         super().__init__()
-        self.tokenizer = AttributeTokenizer(n_attr, n_tokens, dim)
+        self.tokenizer = AttributeTokenizer(n_attr, n_tokens, dim, init=token_init)
         self.channel = mlp(dim, (max(1, dim // reduction),), dim)
         self.spatial = nn.Conv1d(2, 1, kernel_size, padding=kernel_size // 2)
         self.proj = nn.Linear(dim, dim)
@@ -61,14 +61,16 @@ class AttentionFusion(nn.Module):
 
 
 def build_private(kind: str, dim: int, n_attr: int, n_tokens: int, *, num_heads: int = 4,
-                  mlp_ratio: float = 2.0, reduction: int = 4) -> nn.Module | None:
+                  mlp_ratio: float = 2.0, reduction: int = 4, token_init: str = "glorot"
+                  ) -> nn.Module | None:
     """The private-attribute module for ``model.private`` (``None`` for ``none``)."""
     if kind == "none":
         return None
     if kind == "concat":
         return ConcatFusion(dim, n_attr)
     if kind == "attention":
-        return AttentionFusion(dim, n_attr, n_tokens, reduction=reduction)
+        return AttentionFusion(dim, n_attr, n_tokens, reduction=reduction, token_init=token_init)
     if kind == "cross_transformer":
-        return CrossTransformer(dim, n_attr, n_tokens, num_heads=num_heads, mlp_ratio=mlp_ratio)
+        return CrossTransformer(dim, n_attr, n_tokens, num_heads=num_heads, mlp_ratio=mlp_ratio,
+                                token_init=token_init)
     raise ValueError(f"unknown model.private {kind!r}; expected one of {PRIVATE_KINDS}")

@@ -72,6 +72,7 @@ class TrainConfig:
     lr_discriminator: float = 5e-3
     lr_gender: float = 5e-3
     lr_nation: float = 5e-2
+    lr_private: float | None = None  # private-attribute module; None = lr -> lr_end like the branches
     beta1: float = 0.9
     beta2: float = 0.999
     weight_decay: float = 5e-4
@@ -101,7 +102,7 @@ class TrainConfig:
     def learning_rates(self) -> LearningRates:
         return LearningRates(base=self.lr, base_end=self.lr_end, vae=self.lr_vae,
                              discriminator=self.lr_discriminator, gender=self.lr_gender,
-                             nation=self.lr_nation)
+                             nation=self.lr_nation, private=self.lr_private)
 
     @property
     def data(self) -> DataConfig:

@@ -7,6 +7,8 @@ in closed form from the encoder's own ``mu`` and ``log sigma^2`` of the same ite
 
 The audio VAE is denoising (P2VANet I): in training its encoder sees ``f`` plus Gaussian noise
 and the decoder is asked for the clean ``f``. In eval mode there is no noise and ``Z = mu``.
+What the network passes on downstream in training (``z``, Eq. 1, or ``mu``) is the caller's
+choice (``model.vae_downstream``, :meth:`model.avnet.AVMatchNet.embed`).
 """
 
 from __future__ import annotations

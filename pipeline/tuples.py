@@ -102,11 +102,11 @@ class TuplesConfig:
     seen_heard_positive_same_video: bool = False
     retrieval_same_video: bool = False
     multiway_k: int = 10
-    train_constraints: tuple[str, ...] = ("U",)
+    train_constraints: tuple[str, ...] = ("U", "G")
     eval_constraints: tuple[str, ...] = CONSTRAINTS
     pair_constraints: tuple[str, ...] = ("U", "G")
-    train_binary: int = 3000
-    train_multiway: int = 500
+    train_binary: int = 1500
+    train_multiway: int = 250
     val_binary: int = 400
     val_multiway: int = 100
     test_binary: int = 1000

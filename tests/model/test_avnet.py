@@ -40,6 +40,9 @@ SWITCHES = {
     "normalize_embedding": [False, True],
     "branch_norm": ["batch", "layer", "none"],
     "generator_norm": ["none", "batch"],
+    "vae_downstream": ["sample", "mean"],
+    "public_reduction": ["sum", "mean"],
+    "token_init": ["balanced", "glorot"],
 }
 SETTINGS = [(k, v) for k, values in SWITCHES.items() for v in values]
 
@@ -311,6 +314,8 @@ def test_group_learning_rates():
                      "vae": (1e-2, 1e-2), "private": (5e-3, 5e-5), "heads": (5e-3, 5e-5),
                      "gender": (5e-3, 5e-3), "nation": (5e-2, 5e-2),
                      "discriminator": (5e-3, 5e-3)}
+    gen_groups, _ = model.param_groups(LearningRates(private=2e-3))
+    assert {g["name"]: (g["lr"], g["lr_end"]) for g in gen_groups}["private"] == (2e-3, 2e-3)
 
 
 def test_ddp_ignore_names_are_the_discriminator():
@@ -344,6 +349,22 @@ def test_embed_shapes_and_eval_determinism():
     first = model(batch).items["voice"]
     assert torch.equal(first.z, first.mu)  # eval: no sampling
     assert torch.equal(first.h, model(batch).items["voice"].h)
+
+
+@pytest.mark.parametrize("downstream", ["sample", "mean"])
+def test_vae_downstream_mean_passes_mu_on_and_samples_for_the_decoder(downstream):
+    model = tiny_model(vae="visual", private="none", vae_downstream=downstream)
+    batch = make_batch("f2v", k=3)
+    torch.manual_seed(1)
+    first = model(batch).items["face"]
+    torch.manual_seed(2)
+    second = model(batch).items["face"]
+    # the decoder always sees Eq. 1's sample, so the reconstructions differ between passes
+    assert not torch.equal(first.recon, second.recon)
+    if downstream == "mean":  # what goes on (and so h) is mu: the same in both passes
+        assert torch.equal(first.z, first.mu) and torch.equal(first.h, second.h)
+    else:
+        assert not torch.equal(first.z, first.mu) and not torch.equal(first.h, second.h)
 
 
 def test_score_keys_and_direction_invariance_of_pair_scores():
@@ -429,6 +450,12 @@ def test_config_unknown_key_and_bad_choice_raise():
         ModelConfig(heads=("match", "rank"))
     with pytest.raises(ConfigError, match="model.generator_norm"):
         ModelConfig(generator_norm="layer")
+    with pytest.raises(ConfigError, match="model.vae_downstream"):
+        ModelConfig(vae_downstream="median")
+    with pytest.raises(ConfigError, match="model.public_reduction"):
+        ModelConfig(public_reduction="max")
+    with pytest.raises(ConfigError, match="model.token_init"):
+        ModelConfig(token_init="kaiming")
 
 
 def test_config_round_trip_through_json_lists():

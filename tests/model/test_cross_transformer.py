@@ -58,6 +58,33 @@ def test_tokenizer_maps_each_chunk_separately():
         AttributeTokenizer(n_attr=384, n_tokens=5, dim=4)
 
 
+def test_balanced_tokens_average_to_unit_variance_and_glorot_ones_do_not():
+    torch.manual_seed(0)
+    p = torch.randn(4096, 384)
+    for init, low, high in (("balanced", 0.7, 1.3), ("glorot", 0.0, 0.02)):
+        tok = AttributeTokenizer(n_attr=384, n_tokens=32, dim=128, init=init)
+        with torch.no_grad():
+            mean_token = tok(p).mean(dim=1)  # (N, T, d) -> (N, d): uniform attention's output
+        assert low < mean_token.var().item() < high, init
+    with pytest.raises(ValueError, match="token init"):
+        AttributeTokenizer(n_attr=6, n_tokens=3, dim=4, init="kaiming")
+
+
+@pytest.mark.parametrize(("init", "low", "high"), [("balanced", 0.25, 0.75), ("glorot", 0.0, 0.02)])
+def test_share_of_the_attributes_in_the_output_at_initialisation(init, low, high):
+    """With balanced tokens the attributes start with a sizeable share of ZP's variance (as in
+    concat); Glorot tokens leave them under 2 % (docs/model.md)."""
+    torch.manual_seed(0)
+    ct = CrossTransformer(dim=128, n_attr=384, n_tokens=32, num_heads=4, token_init=init)
+    z, other_z = torch.randn(1024, 128), torch.randn(1024, 128)
+    p, other_p = torch.randn(1024, 384), torch.randn(1024, 384)
+    with torch.no_grad():
+        out = ct(z, p)
+        from_p = (out - ct(z, other_p)).var()  # changing only the attributes
+        from_z = (out - ct(other_z, p)).var()  # changing only the hidden variable
+    assert low < (from_p / (from_p + from_z)).item() < high
+
+
 def test_cross_attention_is_eq9_eq10():
     torch.manual_seed(0)
     ca = CrossAttention(dim=8, n_attr=6, n_tokens=3, num_heads=2)

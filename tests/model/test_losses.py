@@ -108,6 +108,10 @@ def test_per_tuple_ce_sums_items_and_averages_tuples():
     target = torch.tensor([[0, 1], [1, 1]])
     expected = ((math.log(1 + math.exp(-2)) + math.log(2)) + 2 * math.log(2)) / 2
     assert per_tuple_ce(logits, target).item() == pytest.approx(expected)
+    # model.public_reduction: mean averages over each tuple's two items instead of summing them
+    assert per_tuple_ce(logits, target, "mean").item() == pytest.approx(expected / 2)
+    with pytest.raises(ValueError, match="sum or mean"):
+        per_tuple_ce(logits, target, "max")
 
 
 LOGITS = torch.tensor([[[2.0, 0.0], [0.0, 0.0]]])  # one tuple: a voice item, a face item

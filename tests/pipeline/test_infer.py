@@ -33,7 +33,8 @@ TINY = dict(embed_dim=16, audio_channels=[4, 4, 4, 4, 4], face_channels=[4, 4, 4
             face_strides=[[2, 2], [2, 2], [1, 1], [1, 1], [1, 1]], pool_size=[3, 3],
             generator_hidden=[16], head_hidden=[16], retrieval_hidden=[8], vae_hidden=[16],
             audio_attr_tokens=4, face_attr_tokens=12, match_ks=[2, 4], disc_steps=1,
-            vae="both", private="concat", public="none")
+            vae="both", private="concat", public="none",
+            score="head")  # head scores (not the default cosine): the tests follow its fallbacks
 SCORE_RULES = {"match", "verify", "distance", "cosine"}
 runner = CliRunner()
 

@@ -270,8 +270,9 @@ def test_queue_ablations_prints_one_command_per_distinct_row() -> None:
                            "model.vae=none", "-S", "model.private=none", "-S",
                            "model.public=none"]
     names = [c[5] for c in commands]
-    assert len(names) == len(set(names)) == 28
-    assert {"p2v-t3-full", "p2v-t7-l1-0.5", "p2v-t7-l1-2", "aml-t7-a", "aml-t9-triplet"} <= set(names)
+    assert len(names) == len(set(names)) == 29  # 28 rows of the papers + lambda1 = 0
+    assert {"p2v-t3-full", "p2v-t7-l1-0.5", "p2v-t7-l1-2", "p2v-l1-0", "aml-t7-a",
+            "aml-t9-triplet"} <= set(names)
     assert not any("vox2" in n for n in names)  # VoxCeleb2 rows need another data config
     vox2 = runner.invoke(app, ["report", "queue-ablations", "--dataset", "VoxCeleb2", "--doc",
                                str(ROOT / "docs" / "ablations.md"), "--params",

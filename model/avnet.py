@@ -43,6 +43,7 @@ from model.branches import GENERATOR_NORMS, ConvBranch, Generator
 from model.cross_transformer import TOKEN_INITS
 from model.heads import Discriminator, MatchingClassifier, RetrievalDistance, VerificationClassifier
 from model.losses import (
+    ITEM_REDUCTIONS,
     discriminator_accuracy,
     discriminator_loss,
     generator_adversarial_loss,
@@ -72,7 +73,6 @@ LOSS_WEIGHTING = ("p2vanet", "aml")
 EQ18_LAMBDA4 = ("nation", "gender")
 GENERATOR_ADV = ("negate", "flip")
 VAE_DOWNSTREAM = ("sample", "mean")
-PUBLIC_REDUCTION = ("sum", "mean")
 INITS = ("glorot", "torch")
 BRANCH_NORMS: dict[str, type[nn.Module] | Callable[[int], nn.Module]] = {
     "batch": nn.BatchNorm2d, "layer": partial(nn.GroupNorm, 1), "none": lambda _: nn.Identity()}
@@ -157,7 +157,7 @@ class ModelConfig:
                               ("init", INITS), ("branch_norm", tuple(BRANCH_NORMS)),
                               ("generator_norm", GENERATOR_NORMS),
                               ("vae_downstream", VAE_DOWNSTREAM),
-                              ("public_reduction", PUBLIC_REDUCTION),
+                              ("public_reduction", ITEM_REDUCTIONS),
                               ("token_init", TOKEN_INITS)):
             _check(name, getattr(self, name), choices)
         for head in self.heads:

@@ -33,7 +33,9 @@ from torch import Tensor
 
 __all__ = ["tuple_indices", "lifted_structure_loss", "triplet_loss", "ranked_list_loss",
            "discriminator_loss", "generator_adversarial_loss", "discriminator_accuracy",
-           "per_tuple_ce", "ADVERSARIAL_KINDS"]
+           "per_tuple_ce", "ADVERSARIAL_KINDS", "ITEM_REDUCTIONS"]
+
+ITEM_REDUCTIONS = ("sum", "mean")  # per_tuple_ce over a tuple's items (model.public_reduction)
 
 ADVERSARIAL_KINDS = ("gan", "lsgan", "wgan")
 
@@ -141,7 +143,7 @@ def per_tuple_ce(logits: Tensor, target: Tensor, reduction: str = "sum") -> Tens
 
     ``logits (B, n, C)``, ``target (B, n)``.
     """
-    if reduction not in ("sum", "mean"):
+    if reduction not in ITEM_REDUCTIONS:
         raise ValueError(f"reduction must be sum or mean; got {reduction!r}")
     b, n, c = logits.shape
     ce = F.cross_entropy(logits.reshape(b * n, c), target.reshape(b * n),  # (B*n, C), (B*n,)

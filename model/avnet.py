@@ -134,6 +134,7 @@ class ModelConfig:
     vae_hidden: tuple[int, ...] = (128,)
     vae_noise: float = 0.1  # audio VAE corruption: Gaussian noise std / feature RMS
     vae_detach_target: bool = True
+    vae_detach_input: bool = True  # L_rec trains the VAEs only (no gradient into the generators)
     vae_downstream: str = "mean"  # mean (mu; the sample feeds the decoder) | sample (Eq. 1's Z)
     audio_attr_tokens: int = 32  # IS09: 32 contours x 12 functionals
     face_attr_tokens: int = 12  # one token per face attribute
@@ -373,7 +374,8 @@ class AVMatchNet(nn.Module):
                 for m in MODALITIES})
         self.vaes = nn.ModuleDict({
             m: FeatureVAE(d, d, cfg.vae_hidden, noise=cfg.vae_noise if m == "voice" else 0.0,
-                          detach_target=cfg.vae_detach_target)
+                          detach_target=cfg.vae_detach_target,
+                          detach_input=cfg.vae_detach_input)
             for m in VAE_MODALITIES[cfg.vae]})
         n_attr = {"voice": dims.n_audio_attr, "face": dims.n_face_attr}
         n_tokens = {"voice": cfg.audio_attr_tokens, "face": cfg.face_attr_tokens}

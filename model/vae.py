@@ -35,6 +35,15 @@ class VAEOutput:
     logvar: Tensor  # (N, latent)
     recon: Tensor  # (N, dim)
     target: Tensor  # (N, dim): the clean input the reconstruction is compared with
+    post_mu: Tensor | None = None  # (N, latent): the posterior of Eq. 1-3 when it differs from
+    post_logvar: Tensor | None = None  # mu/logvar (detach_input in training); None = mu/logvar
+
+    @property
+    def posterior(self) -> tuple[Tensor, Tensor]:
+        """``(mu, logvar)`` that Eq. 1's sample and Eq. 3's KL use."""
+        if self.post_mu is None or self.post_logvar is None:
+            return self.mu, self.logvar
+        return self.post_mu, self.post_logvar
 
 
 def kl_standard_normal(mu: Tensor, logvar: Tensor) -> Tensor:
@@ -53,7 +62,7 @@ def reconstruction_loss(out: VAEOutput) -> Tensor:
     magnitude of the other loss terms.
     """
     mse = (out.recon - out.target).pow(2).mean(dim=-1)  # (N,)
-    kl = kl_standard_normal(out.mu, out.logvar).mean(dim=-1)  # (N,)
+    kl = kl_standard_normal(*out.posterior).mean(dim=-1)  # (N,)
     return mse + kl
 
 
@@ -69,16 +78,21 @@ class FeatureVAE(nn.Module):
         detach_target: compare the reconstruction with ``f.detach()`` (the reconstruction then
             trains the VAE without pulling the feature extractor towards easy-to-reconstruct
             features); ``False`` lets ``L_rec`` reach the generator through the target as well.
+        detach_input: in training, also encode ``f.detach()`` for Eq. 1-4 (the sample, the
+            reconstruction and the KL), so that ``L_rec`` trains the VAE alone and never reaches
+            the feature extractor through the encoder's input; ``mu`` for downstream still
+            comes from the live ``f`` (one extra encoder pass in training).
         act_layer: activation class of the MLPs.
     """
 
     def __init__(self, dim: int = 128, latent: int = 128, hidden: Sequence[int] = (128,),
-                 noise: float = 0.0, detach_target: bool = True,
+                 noise: float = 0.0, detach_target: bool = True, detach_input: bool = False,
                  act_layer: type[nn.Module] = nn.ReLU) -> None:
         super().__init__()
         self.latent = latent
         self.noise = noise
         self.detach_target = detach_target
+        self.detach_input = detach_input
         self.encoder = mlp(dim, hidden, 2 * latent, act_layer=act_layer)
         self.decoder = mlp(latent, hidden, dim, act_layer=act_layer)
 
@@ -89,13 +103,24 @@ class FeatureVAE(nn.Module):
         scale = f.detach().pow(2).mean().sqrt()
         return f + self.noise * scale * torch.randn_like(f)
 
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``x (N, dim)`` -> ``mu, logvar``, each ``(N, latent)``."""
+        mu, logvar = self.encoder(x).chunk(2, dim=-1)  # (N, 2*latent) -> 2 x (N, latent)
+        return mu, logvar.clamp(*LOGVAR_RANGE)
+
     def forward(self, f: Tensor) -> VAEOutput:
         """``f (N, dim)`` -> :class:`VAEOutput`; ``z`` is sampled in training, ``mu`` in eval."""
-        mu, logvar = self.encoder(self.corrupt(f)).chunk(2, dim=-1)  # 2 x (N, latent)
-        logvar = logvar.clamp(*LOGVAR_RANGE)
-        if self.training:
-            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)  # Eq. 1
-        else:
-            z = mu
+        x = self.corrupt(f)
+        mu, logvar = self.encode(x)
+        if not self.training:
+            return VAEOutput(z=mu, mu=mu, logvar=logvar, recon=self.decoder(mu),
+                             target=f.detach() if self.detach_target else f)
+        eps = torch.randn_like(mu)
+        z = mu + eps * torch.exp(0.5 * logvar)  # Eq. 1
         target = f.detach() if self.detach_target else f
-        return VAEOutput(z=z, mu=mu, logvar=logvar, recon=self.decoder(z), target=target)
+        if not self.detach_input:
+            return VAEOutput(z=z, mu=mu, logvar=logvar, recon=self.decoder(z), target=target)
+        post_mu, post_logvar = self.encode(x.detach())  # the same values, cut from f
+        post_z = post_mu + eps * torch.exp(0.5 * post_logvar)  # Eq. 1, for L_rec only
+        return VAEOutput(z=z, mu=mu, logvar=logvar, recon=self.decoder(post_z), target=target,
+                         post_mu=post_mu, post_logvar=post_logvar)

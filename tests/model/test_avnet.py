@@ -351,6 +351,20 @@ def test_embed_shapes_and_eval_determinism():
     assert torch.equal(first.h, model(batch).items["voice"].h)
 
 
+@pytest.mark.parametrize("detach", [False, True])
+def test_vae_detach_input_keeps_l_rec_out_of_the_generator(detach):
+    """``model.vae_detach_input``: L_rec trains the VAEs; only without it does it reach G."""
+    model = tiny_model(vae_detach_input=detach)
+    model.train()
+    terms = model.generator_losses(make_batch("v2f", k=2))
+    terms["rec"].backward()
+    generator = [p.grad for p in model.generators.parameters()]
+    vae = [p.grad for p in model.vaes.parameters()]
+    assert any(g is not None and g.abs().sum() > 0 for g in vae)
+    reached = any(g is not None and g.abs().sum() > 0 for g in generator)
+    assert reached is (not detach)
+
+
 @pytest.mark.parametrize("downstream", ["sample", "mean"])
 def test_vae_downstream_mean_passes_mu_on_and_samples_for_the_decoder(downstream):
     model = tiny_model(vae="visual", private="none", vae_downstream=downstream)

@@ -75,3 +75,31 @@ def test_detach_target_controls_gradient_through_target():
         vae = FeatureVAE(dim=4, latent=3, hidden=(8,), detach_target=detach)
         out = vae(torch.randn(2, 4, requires_grad=True))
         assert out.target.requires_grad is (not detach)
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.3])
+def test_detach_input_gives_the_same_loss_without_reaching_the_input(noise):
+    """``detach_input``: same L_rec value and VAE gradients, none into ``f``; ``mu`` stays live."""
+    torch.manual_seed(0)
+    f0 = torch.randn(6, 4)
+    results = {}
+    for detach in (False, True):
+        torch.manual_seed(1)
+        vae = FeatureVAE(dim=4, latent=3, hidden=(8,), noise=noise, detach_input=detach)
+        f = f0.clone().requires_grad_(True)
+        torch.manual_seed(2)
+        out = vae(f)
+        loss = reconstruction_loss(out).sum()
+        loss.backward()
+        grads = [p.grad.clone() for p in vae.parameters()]
+        results[detach] = (loss.item(), grads, f.grad, out)
+    loss_live, grads_live, f_grad_live, _ = results[False]
+    loss_cut, grads_cut, f_grad_cut, out = results[True]
+    assert loss_cut == pytest.approx(loss_live, rel=1e-6)
+    for a, b in zip(grads_live, grads_cut, strict=True):
+        torch.testing.assert_close(a, b)
+    assert f_grad_live.abs().sum() > 0 and f_grad_cut is None
+    torch.testing.assert_close(out.mu, out.post_mu)  # the same values, one of them cut from f
+    f = f0.clone().requires_grad_(True)
+    vae(f).mu.sum().backward()  # the downstream path still trains the feature extractor
+    assert f.grad.abs().sum() > 0

@@ -130,6 +130,9 @@ class ModelConfig:
     head_hidden: tuple[int, ...] = (256,)  # hidden widths of the matching/verification heads
     retrieval_hidden: tuple[int, ...] = (128,)  # hidden widths of the retrieval distance MLP
     score: str = "cosine"  # cosine | head: the evaluation score reported as the model's
+    # -- evaluation views (val, test, inference): embeddings averaged over fixed views ------
+    eval_voice_crops: int = 5  # spectrogram crops per voice, evenly spaced over the utterance
+    eval_face_flip: bool = True  # also embed each face mirrored
     # -- P2VANet modules ---------------------------------------------------------------------
     vae_hidden: tuple[int, ...] = (128,)
     vae_noise: float = 0.1  # audio VAE corruption: Gaussian noise std / feature RMS
@@ -165,6 +168,8 @@ class ModelConfig:
             _check("heads[]", head, HEADS)
         if any(k < 1 for k in self.match_ks):
             raise ConfigError(f"model.match_ks must be positive; got {self.match_ks}")
+        if self.eval_voice_crops < 1:
+            raise ConfigError(f"model.eval_voice_crops must be >= 1; got {self.eval_voice_crops}")
         if self.disc_steps < 1:
             raise ConfigError(f"model.disc_steps must be >= 1; got {self.disc_steps}")
         if len(self.pool_size) != 2:
@@ -178,6 +183,15 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists); ``build(ModelConfig, d)`` restores it."""
         return dataclasses.asdict(self)
+
+
+def view_mean(t: Tensor, views: int, normalize: bool = False) -> Tensor:
+    """Mean over ``views`` of rows stacked view by view: ``(V*N, ...)`` -> ``(N, ...)``,
+    L2-normalised along the last axis when ``normalize`` (and ``views`` > 1)."""
+    if views == 1:
+        return t
+    out = t.reshape(views, -1, *t.shape[1:]).mean(dim=0)  # (V*N, ...) -> (V, N, ...) -> (N, ...)
+    return F.normalize(out, dim=-1) if normalize else out
 
 
 @dataclass(frozen=True)
@@ -422,6 +436,16 @@ class AVMatchNet(nn.Module):
         if self.cfg.normalize_embedding:
             h = F.normalize(h, dim=-1)
         return Embedding(h=h, feature=f, z=z, vae=vae)
+
+    def embed_views(self, modality: str, x: Tensor, attr: Tensor | None = None) -> Tensor:
+        """Evaluation embedding of ``N`` items seen in ``V`` fixed views (voice crops, a face and
+        its mirror image: ``model.data.eval_views``): ``x (V, N, C, H, W)``, ``attr (N, A)``
+        -> ``h (N, d)``, the mean of the views' ``h`` (L2-normalised again when
+        ``normalize_embedding``). One view gives :meth:`embed`'s ``h`` unchanged."""
+        v, n = x.shape[:2]
+        flat = x.reshape(v * n, *x.shape[2:])  # (V, N, C, H, W) -> (V*N, C, H, W)
+        rep = None if attr is None else attr.repeat(v, 1)  # (N, A) -> (V*N, A)
+        return view_mean(self.embed(modality, flat, rep).h, v, self.cfg.normalize_embedding)
 
     def forward(self, batch: Mapping[str, Any], weights: LossWeights | None = None
                 ) -> TupleEmbeddings | tuple[dict[str, Tensor], TupleEmbeddings]:

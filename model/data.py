@@ -25,7 +25,8 @@ the tables and stores; :class:`TupleDataset` documents the training batch):
   sampler reshuffles each epoch from ``(seed, epoch)`` and splits every global batch into equal
   per-rank shares.
 - :class:`ItemDataset` / :func:`iter_items`: every requested item of one modality once, in
-  batches for :meth:`model.avnet.AVMatchNet.embed` (fixed crops, no flips).
+  batches of fixed views (voice crops, face flips: :func:`eval_views`) for
+  :meth:`model.avnet.AVMatchNet.embed_views`.
 - :func:`load_tuples`: the train stage's only way to read tuples; it refuses the held-out splits
   (``test``, ``seen_heard``) with :class:`HeldOutSplitError`.
 """
@@ -46,7 +47,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from model.stores import FaceStore, SpectrogramStore
+from model.stores import FaceStore, SpectrogramStore, view_positions
 from pipeline.common.directions import DIRECTIONS, MODALITIES
 from pipeline.tupling.layout import table_path
 
@@ -54,8 +55,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["BatchKey", "DataConfig", "DataPaths", "FeatureSource", "HeldOutSplitError",
            "ItemBank", "ItemDataset", "LabelMaps", "MissingItemsError", "SpecNorm",
-           "TrainData", "TupleBatchSampler", "TupleDataset", "AttributeTable", "iter_items",
-           "load_tuples", "make_loader", "prepare_training", "read_audio_attributes",
+           "TrainData", "TupleBatchSampler", "TupleDataset", "AttributeTable", "eval_views",
+           "iter_items", "load_tuples", "make_loader", "prepare_training", "read_audio_attributes",
            "read_face_attributes", "spectrogram_normalization", "spectrogram_stats",
            "train_utterance_ids", "DIRECTIONS", "GENDERS", "IGNORE", "OTHER"]
 
@@ -492,7 +493,7 @@ class FeatureSource:
         return bank
 
     def read_voices(self, store_index: np.ndarray, uniforms: np.ndarray | None = None,
-                    position: str = "center") -> np.ndarray:
+                    position: str | float = "center") -> np.ndarray:
         """Spectrogram crops ``(n, 1, F, T)`` float32, normalised for the model.
 
         ``uniforms`` (``(n,)`` in [0, 1)) place random crops (training); without them the crops
@@ -516,7 +517,7 @@ class FeatureSource:
         return x
 
     def read(self, bank: ItemBank, local: np.ndarray, *, uniforms: np.ndarray | None = None,
-             flips: np.ndarray | None = None, position: str = "center") -> np.ndarray:
+             flips: np.ndarray | None = None, position: str | float = "center") -> np.ndarray:
         """Model inputs of ``bank`` items at positions ``local`` (1-D)."""
         rows = bank.store_index[local]
         if bank.modality == "voice":
@@ -784,15 +785,21 @@ def make_loader(dataset: TupleDataset | ItemDataset, sampler: Any = None, *,
 
 class ItemDataset:
     """Batches of one modality's items for embedding: ``dataset[i]`` is batch ``i`` as a dict
-    ``modality``, ``ids`` (list), ``x`` ``(N, C, H, W)`` and ``attr`` ``(N, A)`` (fixed crops, no
-    flips), plus ``identity``/``gender``/``nation`` ``(N,)`` int64 for analyses."""
+    ``modality``, ``ids`` (list), ``x`` ``(V, N, C, H, W)`` and ``attr`` ``(N, A)``, plus
+    ``identity``/``gender``/``nation`` ``(N,)`` int64 for analyses.
+
+    ``x`` holds ``V`` fixed views of every item (:func:`eval_views`): a voice's ``crops``
+    spectrogram crops (one at ``position`` when ``crops`` is 1, else evenly spaced over the
+    utterance), a face as it is plus, with ``flip``, mirrored. Nothing is random.
+    """
 
     def __init__(self, source: FeatureSource, modality: str, ids: Sequence[str],
-                 batch_size: int = 256, position: str = "center") -> None:
+                 batch_size: int = 256, position: str = "center", *, crops: int = 1,
+                 flip: bool = False) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        self.source, self.modality, self.batch_size, self.position = (
-            source, modality, batch_size, position)
+        self.source, self.modality, self.batch_size = source, modality, batch_size
+        self.views = eval_views(modality, crops, flip, position)
         self.bank = source.bank(modality, ids)
 
     def __len__(self) -> int:
@@ -802,18 +809,37 @@ class ItemDataset:
         if not 0 <= i < len(self):
             raise IndexError(i)
         local = np.arange(i * self.batch_size, min((i + 1) * self.batch_size, len(self.bank)))
-        x = self.source.read(self.bank, local, position=self.position)
+        x = np.stack([self._view(local, view) for view in self.views])  # (V, N, C, H, W)
         return {"modality": self.modality, "ids": [self.bank.ids[j] for j in local.tolist()],
                 "x": torch.from_numpy(x), "attr": torch.from_numpy(self.bank.attr[local]),
                 "identity": torch.from_numpy(self.bank.identity[local]),
                 "gender": torch.from_numpy(self.bank.gender[local]),
                 "nation": torch.from_numpy(self.bank.nation[local])}
 
+    def _view(self, local: np.ndarray, view: str | float | bool) -> np.ndarray:
+        if self.modality == "voice":
+            return self.source.read(self.bank, local, position=view)  # (N, 1, F, T)
+        return self.source.read(self.bank, local, flips=np.full(len(local), bool(view)))
+
+
+def eval_views(modality: str, crops: int = 1, flip: bool = False, position: str = "center"
+               ) -> tuple[str | float | bool, ...]:
+    """The fixed views of an evaluation item: voice crop positions (``position`` alone for one
+    crop, else :func:`model.stores.view_positions`), or face flip flags (``False`` and, with
+    ``flip``, ``True``). The network averages their embeddings (``AVMatchNet.embed_views``)."""
+    if modality == "voice":
+        return (position,) if crops == 1 else view_positions(crops)
+    if modality == "face":
+        return (False, True) if flip else (False,)
+    raise ValueError(f"unknown modality {modality!r}")
+
 
 def iter_items(source: FeatureSource, modality: str, ids: Sequence[str], batch_size: int = 256,
-               *, num_workers: int = 0, position: str = "center") -> Iterator[dict[str, Any]]:
-    """Every item of ``ids`` (duplicates once, order kept) in batches of model inputs."""
-    dataset = ItemDataset(source, modality, ids, batch_size, position)
+               *, num_workers: int = 0, position: str = "center", crops: int = 1,
+               flip: bool = False) -> Iterator[dict[str, Any]]:
+    """Every item of ``ids`` (duplicates once, order kept) in batches of model inputs, each
+    with its fixed views (:class:`ItemDataset`)."""
+    dataset = ItemDataset(source, modality, ids, batch_size, position, crops=crops, flip=flip)
     yield from make_loader(dataset, num_workers=num_workers)
 
 

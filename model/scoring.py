@@ -41,14 +41,16 @@ class ItemEmbeddings:
 def embed_items(net: AVMatchNet, source: FeatureSource, modality: str, ids: Sequence[str], *,
                 batch_size: int = 256, device: torch.device | str = "cpu",
                 num_workers: int = 0) -> ItemEmbeddings:
-    """Embed every item of ``ids`` once (fixed crops, no flips; eval mode)."""
+    """Embed every item of ``ids`` once (eval mode), averaged over the fixed views the network's
+    config names (``model.eval_voice_crops`` crops per voice, ``model.eval_face_flip``)."""
     net.eval()
     kept: list[str] = []
     parts: list[Tensor] = []
-    for batch in iter_items(source, modality, ids, batch_size, num_workers=num_workers):
-        x = batch["x"].to(device, non_blocking=True)
+    for batch in iter_items(source, modality, ids, batch_size, num_workers=num_workers,
+                            crops=net.cfg.eval_voice_crops, flip=net.cfg.eval_face_flip):
+        x = batch["x"].to(device, non_blocking=True)  # (V, N, C, H, W)
         attr = batch["attr"].to(device, non_blocking=True)
-        parts.append(net.embed(modality, x, attr).h.float())
+        parts.append(net.embed_views(modality, x, attr).float())
         kept += batch["ids"]
     width = net.cfg.embed_dim
     h = torch.cat(parts) if parts else torch.zeros(0, width, device=device)

@@ -565,26 +565,32 @@ def tsne_items(manifest: ManifestView, emb: Mapping[str, Any], n_identities: int
 
 def representations(net: Any, source: Any, modality: str, ids: Sequence[str], batch_size: int,
                     device: Any) -> dict[str, np.ndarray]:
-    """``branch`` (the generator input), ``f`` (generator output) and ``h`` of ``ids``."""
+    """``branch`` (the generator input), ``f`` (generator output) and ``h`` of ``ids``, each
+    averaged over the item's evaluation views as the scores are (``AVMatchNet.embed_views``)."""
     import torch
 
+    from model.avnet import view_mean
     from model.data import iter_items
 
     captured: list[Any] = []
     hook = net.branches[modality].register_forward_hook(
         lambda _m, _i, out: captured.append(out.detach().float().cpu()))
-    parts: dict[str, list[np.ndarray]] = {"f": [], "h": []}
+    parts: dict[str, list[np.ndarray]] = {"branch": [], "f": [], "h": []}
+    normalize = net.cfg.normalize_embedding
     try:
         with torch.no_grad():
-            for batch in iter_items(source, modality, ids, batch_size):
-                e = net.embed(modality, batch["x"].to(device), batch["attr"].to(device))
-                parts["f"].append(e.feature.float().cpu().numpy())
-                parts["h"].append(e.h.float().cpu().numpy())
+            for batch in iter_items(source, modality, ids, batch_size,
+                                    crops=net.cfg.eval_voice_crops, flip=net.cfg.eval_face_flip):
+                x = batch["x"].to(device)  # (V, N, C, H, W)
+                v = x.shape[0]
+                e = net.embed(modality, x.flatten(0, 1),  # (V, N, C, H, W) -> (V*N, C, H, W)
+                              batch["attr"].to(device).repeat(v, 1))  # (N, A) -> (V*N, A)
+                parts["branch"].append(view_mean(captured.pop(), v).numpy())
+                parts["f"].append(view_mean(e.feature.float().cpu(), v).numpy())
+                parts["h"].append(view_mean(e.h.float().cpu(), v, normalize).numpy())
     finally:
         hook.remove()
-    out = {name: np.concatenate(v) for name, v in parts.items()}
-    out["branch"] = torch.cat(captured).numpy()
-    return out
+    return {name: np.concatenate(v) for name, v in parts.items()}
 
 
 def tsne_plot(net: Any, source: Any, manifest: ManifestView, emb: Mapping[str, Any],

@@ -8,16 +8,19 @@ voice (any WAV / FLAC / M4A, any sample rate and channel count)
     :func:`~pipeline.common.userfiles.load_voice` (decode, downmix, resample; the
     ``spectrograms`` stage's duration and silence checks) -> :func:`voice_spectrogram` (the
     stage's own :func:`~pipeline.spectrograms.log_spectrogram`, rounded to the store's float16)
-    -> :func:`centre_crop` (the evaluation crop of :class:`model.stores.SpectrogramStore`, tiled
-    when the clip is short) -> the checkpoint's spectrogram normalisation, when it has one;
+    -> :func:`fixed_crop` (the evaluation crops of :class:`model.stores.SpectrogramStore`,
+    ``model.eval_voice_crops`` of them, tiled when the clip is short) -> the checkpoint's
+    spectrogram normalisation, when it has one;
     :func:`voice_attributes`: openSMILE IS09 functionals of the whole clip, standardised with
     the train-split statistics (only when the model uses private attributes).
 photo (any JPEG / PNG)
     :func:`~pipeline.common.userfiles.load_face_photo` (the largest face found by OpenCV's
     bundled Haar cascade, cropped with the framing of the training faces, resized to the
     model's face size; the centred square with ``--no-detect``) -> :func:`face_input`
-    (``[-1, 1]``); :func:`face_attributes`: the face-attribute classifier's 12 probabilities
-    (or 0/1) when the model uses private attributes.
+    (``[-1, 1]``, plus the mirror image with ``model.eval_face_flip``); :func:`face_attributes`:
+    the face-attribute classifier's 12 probabilities (or 0/1) when the model uses private
+    attributes. The model averages the embeddings of an item's views (``embed_views``), as in
+    evaluation.
 
 Front-end settings (:func:`build_front_end`) come from the feature stores the model was trained
 on (``--features``, default ``data/features``): the spectrogram parameters recorded in
@@ -329,25 +332,32 @@ def voice_spectrogram(signal: np.ndarray, cfg: SpectrogramConfig) -> np.ndarray:
     return spec.astype(np.float32)
 
 
-def centre_crop(spec: np.ndarray, frames: int) -> np.ndarray:
-    """The evaluation crop of :class:`model.stores.SpectrogramStore` (``position="center"``):
-    the centred ``frames`` of a long clip, a short one tiled from its start. ``(T_i, F)`` in,
-    ``(F, frames)`` out."""
+def fixed_crop(spec: np.ndarray, frames: int, position: str | float = "center") -> np.ndarray:
+    """The evaluation crop of :class:`model.stores.SpectrogramStore` at ``position``
+    (:func:`model.stores.crop_fraction`): ``frames`` of a long clip, a short one tiled from its
+    start. ``(T_i, F)`` in, ``(F, frames)`` out."""
+    from model.stores import fixed_starts
+
     length = spec.shape[0]
     if length >= frames:
-        start = (length - frames) // 2
+        start = int(fixed_starts(np.asarray([length]), frames, position)[0])
         window = spec[start:start + frames]  # (frames, F)
     else:
         window = spec[np.arange(frames) % length]  # tiled: (frames, F)
     return np.ascontiguousarray(window.T)  # (frames, F) -> (F, frames)
 
 
-def voice_input(signal: np.ndarray, front: FrontEnd) -> np.ndarray:
-    """The model's voice input ``(1, F, T)`` float32: stored spectrogram, crop, normalisation."""
-    x = centre_crop(voice_spectrogram(signal, front.spectrogram), front.spectrogram.frames)
+def voice_input(signal: np.ndarray, front: FrontEnd, crops: int = 1) -> np.ndarray:
+    """The model's voice input ``(V, 1, F, T)`` float32: stored spectrogram, the evaluation's
+    ``crops`` fixed crops (:func:`model.data.eval_views`), normalisation."""
+    from model.data import eval_views
+
+    spec = voice_spectrogram(signal, front.spectrogram)
+    x = np.stack([fixed_crop(spec, front.spectrogram.frames, position)
+                  for position in eval_views("voice", crops)])  # (V, F, T)
     if front.spec_norm is not None:
         x = front.spec_norm.apply(x)
-    return x[None]  # (F, T) -> (1, F, T)
+    return x[:, None]  # (V, F, T) -> (V, 1, F, T)
 
 
 def voice_attributes(signal: np.ndarray, front: FrontEnd, smile: Any) -> np.ndarray:
@@ -363,9 +373,13 @@ def voice_attributes(signal: np.ndarray, front: FrontEnd, smile: Any) -> np.ndar
 
 # ---- faces ----------------------------------------------------------------------------------------
 
-def face_input(image: np.ndarray) -> np.ndarray:
-    """``(S, S, 3)`` uint8 RGB -> the model's ``(3, S, S)`` float32 in [-1, 1]."""
-    x = image.transpose(2, 0, 1).astype(np.float32)  # (S, S, 3) -> (3, S, S)
+def face_input(image: np.ndarray, flip: bool = False) -> np.ndarray:
+    """``(S, S, 3)`` uint8 RGB -> the model's views ``(V, 3, S, S)`` float32 in [-1, 1]: the face,
+    and with ``flip`` its mirror image (:func:`model.data.eval_views`)."""
+    from model.data import eval_views
+
+    views = [image[:, ::-1] if mirrored else image for mirrored in eval_views("face", flip=flip)]
+    x = np.stack(views).transpose(0, 3, 1, 2).astype(np.float32)  # (V, S, S, 3) -> (V, 3, S, S)
     x /= np.float32(127.5)
     x -= np.float32(1.0)
     return x
@@ -420,7 +434,7 @@ class Item:
 
     path: str
     modality: str
-    x: np.ndarray  # (1, F, T) voice | (3, S, S) face
+    x: np.ndarray  # views: (V, 1, F, T) voice crops | (V, 3, S, S) a face (and its mirror image)
     attr: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)
     image: np.ndarray | None = None  # (S, S, 3) uint8: the face crop (faces only)
@@ -475,7 +489,7 @@ class Preprocessor:
                             silence_dbfs=cfg.silence_dbfs)
         info = {"seconds": round(signal.size / cfg.sample_rate, 3)}
         try:
-            x = voice_input(signal, self.front)
+            x = voice_input(signal, self.front, self.matcher.net.cfg.eval_voice_crops)
         except ValueError as exc:
             raise AudioFileError(path, "invalid_samples", str(exc)) from exc
         attr = None
@@ -501,7 +515,8 @@ class Preprocessor:
         if photo.box is not None:
             box = photo.box
             info["box"] = [round(v, 1) for v in (box.x, box.y, box.w, box.h)]
-        return Item(str(path), "face", face_input(photo.image), None, info, photo.image)
+        x = face_input(photo.image, self.matcher.net.cfg.eval_face_flip)
+        return Item(str(path), "face", x, None, info, photo.image)
 
     def items(self, modality: str, paths: Sequence[str | os.PathLike], *,
               skip_bad: bool = False, desc: str | None = None) -> tuple[list[Item], list[Skipped]]:
@@ -536,11 +551,12 @@ def embed(matcher: Matcher, items: Sequence[Item]) -> torch.Tensor:
     with torch.no_grad():
         for start in range(0, len(items), BATCH):
             chunk = items[start:start + BATCH]
-            x = torch.from_numpy(np.stack([i.x for i in chunk])).to(matcher.device)  # (b, C, H, W)
+            x = torch.from_numpy(np.stack([i.x for i in chunk], axis=1)  # (V, b, C, H, W)
+                                 ).to(matcher.device)
             attr = None
             if matcher.uses_attributes:
                 attr = torch.from_numpy(np.stack([i.attr for i in chunk])).to(matcher.device)
-            parts.append(matcher.net.embed(modality, x, attr).h.float())
+            parts.append(matcher.net.embed_views(modality, x, attr).float())
     return torch.cat(parts)
 
 

@@ -17,6 +17,7 @@ from model.avnet import (
     LossWeights,
     ModelConfig,
     build_model,
+    view_mean,
 )
 from pipeline.common.config import ConfigError, build
 
@@ -349,6 +350,27 @@ def test_embed_shapes_and_eval_determinism():
     first = model(batch).items["voice"]
     assert torch.equal(first.z, first.mu)  # eval: no sampling
     assert torch.equal(first.h, model(batch).items["voice"].h)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_embed_views_is_the_mean_of_the_views_embeddings(normalize):
+    """``embed_views``: the mean of each view's ``h`` (re-normalised with normalised embeddings);
+    a single view is ``embed``'s ``h`` unchanged."""
+    model = tiny_model(normalize_embedding=normalize).eval()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 4, 1, DIMS.n_bins, DIMS.frames, generator=g)  # (V, N, 1, F, T)
+    attr = torch.randn(4, DIMS.n_audio_attr, generator=g)
+    with torch.no_grad():
+        views = torch.stack([model.embed("voice", x[v], attr).h for v in range(3)])  # (V, N, d)
+        mean = views.mean(dim=0)
+        want = torch.nn.functional.normalize(mean, dim=-1) if normalize else mean
+        torch.testing.assert_close(model.embed_views("voice", x, attr), want)
+        assert torch.equal(model.embed_views("voice", x[:1], attr), views[0])
+        faces = torch.randn(2, 4, 3, DIMS.face_size, DIMS.face_size, generator=g)
+        assert model.embed_views("face", faces, torch.rand(4, DIMS.n_face_attr)).shape == (4, 16)
+    assert view_mean(torch.arange(6.0).reshape(6, 1), 2).flatten().tolist() == [1.5, 2.5, 3.5]
+    with pytest.raises(ConfigError, match="eval_voice_crops"):
+        tiny_cfg(eval_voice_crops=0)
 
 
 @pytest.mark.parametrize("detach", [False, True])

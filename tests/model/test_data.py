@@ -26,6 +26,7 @@ from model.data import (
     SpecNorm,
     TupleBatchSampler,
     TupleDataset,
+    eval_views,
     iter_items,
     load_tuples,
     make_loader,
@@ -283,14 +284,36 @@ def test_item_reader_embeds_every_item_once_with_fixed_crops(data, paths: DataPa
     batches = list(iter_items(data.source, "voice", ids + ids[:2], batch_size=4))
     assert [u for b in batches for u in b["ids"]] == ids
     with SpectrogramStore(paths.spectrograms) as spec:
-        np.testing.assert_array_equal(batches[1]["x"][0, 0].numpy(), spec.fixed_crop(ids[4]))
-    assert batches[0]["attr"].shape == (4, 384) and batches[0]["x"].shape[1] == 1
+        np.testing.assert_array_equal(batches[1]["x"][0, 0, 0].numpy(), spec.fixed_crop(ids[4]))
+    assert batches[0]["attr"].shape == (4, 384) and batches[0]["x"].shape[:3] == (1, 4, 1)
     faces = ItemDataset(data.source, "face", ids=read_face_attributes(
         paths.face_attributes).ids[:5], batch_size=2)
-    assert len(faces) == 3 and faces[2]["x"].shape == (1, 3, 64, 64)
+    assert len(faces) == 3 and faces[2]["x"].shape == (1, 1, 3, 64, 64)
     np.testing.assert_array_equal(faces[0]["x"].numpy(), faces[0]["x"].numpy())
     with pytest.raises(MissingItemsError):
         ItemDataset(data.source, "face", ["id00000/x/0000001"])
+
+
+def test_item_views_are_evenly_spaced_crops_and_the_mirrored_face(data, paths: DataPaths) -> None:
+    """Evaluation views: ``crops`` fixed crops from the first frame to the last of each voice
+    (one crop: the centre), and a face followed by its mirror image; the same on every read."""
+    ids = pl.read_parquet(paths.items("voice")).filter(pl.col("split") == "val")["id"].to_list()[:6]
+    voices = ItemDataset(data.source, "voice", ids, batch_size=4, crops=3)
+    x = voices[0]["x"].numpy()  # (3, 4, 1, F, T)
+    assert x.shape[:3] == (3, 4, 1) and voices.views == (0.0, 0.5, 1.0)
+    with SpectrogramStore(paths.spectrograms) as spec:  # where each position falls: test_stores
+        for j, uid in enumerate(ids[:4]):
+            for view, position in enumerate((0.0, 0.5, 1.0)):
+                np.testing.assert_array_equal(x[view, j, 0], spec.fixed_crop(uid, position))
+    np.testing.assert_array_equal(voices[0]["x"].numpy(), x)
+    face_ids = read_face_attributes(paths.face_attributes).ids[:3]
+    faces = ItemDataset(data.source, "face", face_ids, batch_size=3, flip=True)[0]["x"].numpy()
+    assert faces.shape == (2, 3, 3, 64, 64)
+    np.testing.assert_array_equal(faces[1], faces[0][..., ::-1])  # mirrored along the width
+    assert eval_views("voice", 1, position="start") == ("start",)
+    assert eval_views("face") == (False,)
+    with pytest.raises(ValueError, match="modality"):
+        eval_views("sound")
 
 
 def test_raw_db_store_gets_train_statistics_and_the_state_round_trips(paths: DataPaths,

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.stores import FaceStore, SpectrogramStore
+from model.stores import FaceStore, SpectrogramStore, fixed_starts, view_positions
 from pipeline.spectrograms import SpectrogramConfig, SpectrogramWriter, run
 from tests.pipeline.audio_corpus import good_corpus, write_manifest
 
@@ -87,6 +87,25 @@ def test_fixed_crop_is_deterministic_centre_or_start(store_path: Path) -> None:
     np.testing.assert_array_equal(starts_of(store.fixed_crop("id10002/c/00001")), np.arange(FRAMES))
     with pytest.raises(ValueError, match="position"):
         store.fixed_crop("id10001/a/00001", "end")
+
+
+def test_fixed_crops_at_fractions_span_the_clip(store_path: Path) -> None:
+    """A numeric position places the crop at that fraction of the room a long clip leaves (0:
+    first frame, 1: the crop ends on the last frame); a short clip is tiled from its start."""
+    store = SpectrogramStore(store_path)
+    uid = "id10001/a/00001"  # 37 frames: starts 0..27
+    for position, start in ((0.0, 0), (0.5, 13), (1.0, 27), (1 / 3, 9), (2 / 3, 18)):
+        np.testing.assert_array_equal(starts_of(store.fixed_crop(uid, position)),
+                                      start + np.arange(FRAMES))
+    np.testing.assert_array_equal(starts_of(store.fixed_crop("id10001/b/00001", 1.0)),
+                                  np.arange(FRAMES) % 4)
+    assert view_positions(1) == (0.5,) and view_positions(3) == (0.0, 0.5, 1.0)
+    np.testing.assert_array_equal(fixed_starts(np.array([37, 4, 10]), FRAMES, "center"), [13, 0, 0])
+    for bad in (1.5, -0.1):
+        with pytest.raises(ValueError, match=r"\[0, 1\]"):
+            store.fixed_crop(uid, bad)
+    with pytest.raises(ValueError, match="crops"):
+        view_positions(0)
 
 
 def test_crop_length_can_be_overridden(store_path: Path) -> None:

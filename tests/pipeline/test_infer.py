@@ -145,11 +145,14 @@ def invoke(args: list[str]) -> tuple[int, str, str]:
 def test_voice_inputs_equal_the_stored_features(trained: dict[str, Path], tiny_corpus: Path,
                                                 tiny_manifest: Path, tmp_path: Path) -> None:
     """A corpus clip (and its two-channel copy) gives exactly the model input the train and
-    evaluate stages read from the stores: spectrogram crop and standardised IS09."""
-    from model.data import DataPaths, FeatureSource, LabelMaps, read_audio_attributes
+    evaluate stages read from the stores: the evaluation's spectrogram crops (the model's
+    ``eval_voice_crops``, evenly spaced) and standardised IS09."""
+    from model.data import DataPaths, FeatureSource, LabelMaps, eval_views, read_audio_attributes
     from pipeline.infer import Preprocessor, build_front_end, load_matcher
 
     matcher = load_matcher(trained["model"], "cpu")
+    crops = matcher.net.cfg.eval_voice_crops
+    assert crops == 5  # the shipped default
     front = build_front_end(matcher, trained["features"], PARAMS)
     assert front.audio is not None and front.spec_norm is None  # CMVN store: no global stats
     pre = Preprocessor(matcher, front, trained["attributes"])
@@ -158,19 +161,21 @@ def test_voice_inputs_equal_the_stored_features(trained: dict[str, Path], tiny_c
     for uid, path in corpus_files(tiny_corpus, tiny_manifest, "utterances.parquet", 3):
         signal, rate = sf.read(str(path), dtype="float32")
         stereo = write_wav(tmp_path / "stereo.wav", np.stack([signal, signal], axis=1), rate=rate)
-        stored = source.read_voices(np.asarray([source.voice_store.index(uid)]))[0]  # (1, F, T)
+        row = np.asarray([source.voice_store.index(uid)])
+        stored = np.stack([source.read_voices(row, position=p)[0]
+                           for p in eval_views("voice", crops)])  # (V, 1, F, T)
         table = read_audio_attributes(paths.audio_attributes, paths.audio_stats, [uid])
         for file in (path, stereo):
             item = pre.voice(file)
-            assert item.x.shape == stored.shape == (1, 224, 125)
+            assert item.x.shape == stored.shape == (crops, 1, 224, 125)
             np.testing.assert_array_equal(item.x, stored)
             np.testing.assert_allclose(item.attr, table.take([uid])[0], rtol=1e-5, atol=1e-5)
 
 
 def test_face_inputs_equal_the_stored_crops(trained: dict[str, Path], tiny_corpus: Path,
                                             tiny_manifest: Path) -> None:
-    """A face-track crop with --no-detect is the faces stage's crop; attributes are the
-    classifier's probabilities of that crop."""
+    """A face-track crop with --no-detect is the faces stage's crop, followed by its mirror image
+    (``eval_face_flip``); attributes are the classifier's probabilities of that crop."""
     from model.attributes import load_classifier, predict
     from model.stores import FaceStore
     from pipeline.infer import Preprocessor, build_front_end, load_matcher
@@ -189,7 +194,8 @@ def test_face_inputs_equal_the_stored_crops(trained: dict[str, Path], tiny_corpu
     probs = predict(net, lambda a, b: stored[a:b], 3, 8, tuple(meta["mean"]), tuple(meta["std"]))
     for item, crop, prob in zip(items, stored, probs, strict=True):
         np.testing.assert_array_equal(item.image, crop)
-        np.testing.assert_array_equal(item.x, crop.transpose(2, 0, 1) / np.float32(127.5) - 1)
+        face = crop.transpose(2, 0, 1) / np.float32(127.5) - 1  # (3, S, S)
+        np.testing.assert_array_equal(item.x, np.stack([face, face[..., ::-1]]))  # + mirror image
         np.testing.assert_allclose(item.attr, prob, rtol=1e-5, atol=1e-6)
         assert item.info == {"detected": False, "faces_found": 0}
 

@@ -14,10 +14,10 @@ Optimisers: Adam (``beta1``, ``beta2``, ``weight_decay``) with the per-module ra
 discriminator's in their own optimiser. Groups with ``lr_end != lr`` (AML's branches, generator,
 private modules and heads) decay logarithmically from ``lr`` to ``lr_end`` over the run.
 
-Model selection uses val only: after each epoch the val tuples' ``train.select_metric`` (e.g.
-1:2 unconstrained matching accuracy, averaged over the trained directions) decides the ``best``
-checkpoint; ``last`` holds the full resume state. The train stage never reads test or
-seen_heard tuples (:func:`model.data.load_tuples` refuses them).
+Model selection uses val only: after each epoch the val tuples' ``train.select_metric`` (by
+default the mean of 1:2 unconstrained and gender-constrained matching accuracy over the trained
+directions) decides the ``best`` checkpoint; ``last`` holds the full resume state. The train
+stage never reads test or seen_heard tuples (:func:`model.data.load_tuples` refuses them).
 
 Devices: CUDA when present (bf16 autocast, pinned memory, non-blocking copies), CPU otherwise,
 deterministic for a seed. Several processes (``torchrun --nproc_per_node=N``) train with
@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from model.avnet import AVMatchNet, InputDims, LearningRates, LossWeights, ModelConfig
-from model.checkpoint import load_resume, resume_meta, save_model, save_resume
+from model.checkpoint import load_resume, model_meta, resume_meta, save_model, save_resume
 from model.data import DataConfig, DataPaths, TrainData, make_loader, prepare_training
 from model.metrics import match_accuracy
 from model.runtime import torch_runtime
@@ -81,7 +81,8 @@ class TrainConfig:
     face_attr: str = "prob"  # prob | binary face attributes
     flip: bool = True  # random horizontal face flips (training only)
     # model selection on val
-    select_metric: str = "match.k2.U.acc"  # <task>.k<k>.<constraint>.acc, mean over directions
+    # <task>.k<k>.<constraint>.acc, one or several: the mean over them and the directions
+    select_metric: tuple[str, ...] = ("match.k2.U.acc", "match.k2.G.acc")
     select_score: str = "model"  # model (model.score) | head | cosine
     # runtime
     workers: int = 0  # DataLoader worker processes per rank
@@ -93,10 +94,15 @@ class TrainConfig:
             raise ConfigError("train.epochs and train.batch_size must be >= 1")
         if self.select_score not in ("model", "head", "cosine"):
             raise ConfigError("train.select_score must be model, head or cosine")
-        parts = self.select_metric.split(".")
-        if len(parts) != 4 or parts[0] != "match" or not parts[1].startswith("k"):
-            raise ConfigError(f"train.select_metric must look like match.k2.U.acc; got "
-                              f"{self.select_metric!r}")
+        names = self.select_metric  # one name (`-S train.select_metric=match.k2.G.acc`) or several
+        object.__setattr__(self, "select_metric", (names,) if isinstance(names, str) else tuple(names))
+        if not self.select_metric:
+            raise ConfigError("train.select_metric needs at least one metric")
+        for name in self.select_metric:
+            parts = name.split(".")
+            if len(parts) != 4 or parts[0] != "match" or not parts[1][1:].isdigit():
+                raise ConfigError(f"train.select_metric entries must look like match.k2.U.acc; "
+                                  f"got {name!r}")
 
     @property
     def learning_rates(self) -> LearningRates:
@@ -111,10 +117,10 @@ class TrainConfig:
                           flip=self.flip, seed=self.seed)
 
     @property
-    def select(self) -> tuple[int, str]:
-        """``(k, constraint)`` of the selection metric."""
-        _, k, constraint, _ = self.select_metric.split(".")
-        return int(k[1:]), constraint
+    def select(self) -> tuple[tuple[int, str], ...]:
+        """``(k, constraint)`` of each selection metric."""
+        return tuple((int(k[1:]), constraint)
+                     for _, k, constraint, _ in (name.split(".") for name in self.select_metric))
 
 
 # ---- distributed ---------------------------------------------------------------------------------
@@ -231,7 +237,8 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 def validate(net: AVMatchNet, data: TrainData, cfg: TrainConfig, device: torch.device
              ) -> dict[str, float]:
     """Val matching accuracy per direction, constraint and k for every scoring rule, plus the
-    selection value ``select`` (``train.select_metric`` averaged over directions)."""
+    selection value ``select``: the mean of ``train.select_metric``'s metrics over them and the
+    directions."""
     if data.val is None:
         raise ValueError("no val tuples: model selection needs the val split")
     frame = data.val.frame
@@ -249,13 +256,27 @@ def validate(net: AVMatchNet, data: TrainData, cfg: TrainConfig, device: torch.d
             if rule in ("model", "head", "cosine"):
                 key = f"{direction}.match.k{k}.{constraint}.acc" + ("" if rule == "model" else f".{rule}")
                 metrics[key] = match_accuracy(value, label)
-    k_sel, c_sel = cfg.select
-    suffix = "" if cfg.select_score == "model" else f".{cfg.select_score}"
-    chosen = [metrics.get(f"{d}.match.k{k_sel}.{c_sel}.acc{suffix}") for d in cfg.directions]
-    if any(v is None for v in chosen):
-        raise ValueError(f"val tuples lack {cfg.select_metric} for directions {cfg.directions}")
-    metrics["select"] = float(np.mean(chosen))
+    metrics["select"] = selection_value(metrics, cfg)
     return metrics
+
+
+def selection_value(metrics: Mapping[str, float], cfg: TrainConfig) -> float:
+    """The mean of every ``train.select_metric`` over ``train.directions`` (scored as
+    ``train.select_score``)."""
+    suffix = "" if cfg.select_score == "model" else f".{cfg.select_score}"
+    keys = [f"{d}.match.k{k}.{c}.acc{suffix}" for k, c in cfg.select for d in cfg.directions]
+    missing = [key for key in keys if key not in metrics]
+    if missing:
+        raise ValueError(f"val tuples lack {missing} (train.select_metric {list(cfg.select_metric)})")
+    return float(np.mean([metrics[key] for key in keys]))
+
+
+def best_metrics(best_dir: Path, cfg: TrainConfig) -> dict[str, float]:
+    """``best.<metric>``: each selection metric at the selected epoch, mean over directions."""
+    val = model_meta(best_dir)["selection"]["val"]
+    suffix = "" if cfg.select_score == "model" else f".{cfg.select_score}"
+    return {f"best.{name}": float(np.mean([val[f"{d}.{name}{suffix}"] for d in cfg.directions]))
+            for name in cfg.select_metric}
 
 
 # ---- the run -------------------------------------------------------------------------------------
@@ -336,6 +357,7 @@ def _run(data_dir: Path, out_dir: Path, live_dir: Path, params: Mapping[str, Any
     random.seed(cfg.seed)  # the resume state records Python's generator: keep it reproducible
     data = prepare_training(DataPaths.under(data_dir), cfg.data)
     check_tuple_sizes(model_cfg, data)
+    check_selection_tuples(cfg, data)
     dims = InputDims(**data.source.input_dims())
     net = AVMatchNet(model_cfg, dims).to(device)
     step = wrap_distributed(GeneratorStep(net), dist_info, device)
@@ -372,12 +394,12 @@ def _run(data_dir: Path, out_dir: Path, live_dir: Path, params: Mapping[str, Any
                 live.log_metric("epoch", state.epoch, plot=False)
                 live.next_step()
             log.info("epoch %d/%d: loss %.4f, val %s %.4f%s", state.epoch, cfg.epochs,
-                     losses.get("total", float("nan")), cfg.select_metric, val["select"],
+                     losses.get("total", float("nan")), "+".join(cfg.select_metric), val["select"],
                      " (best)" if improved else "")
         _barrier(dist_info)
     if live is not None:
-        live.summary.update({"best_epoch": state.best_epoch,
-                             f"best.{cfg.select_metric}": state.best})
+        live.summary.update({"best_epoch": state.best_epoch, "best.select": state.best,
+                             **best_metrics(out_dir / "best", cfg)})
         live.end()
     return {"epochs": cfg.epochs, "steps": state.step, "best_epoch": state.best_epoch,
             "best": state.best, "seconds": round(time.perf_counter() - start, 1),
@@ -396,9 +418,23 @@ def check_tuple_sizes(model_cfg: ModelConfig, data: TrainData) -> None:
                           f"{missing} of the train/val tuples: add tuples.multiway_k to it")
 
 
+def check_selection_tuples(cfg: TrainConfig, data: TrainData) -> None:
+    """The val tuples hold every ``(direction, k, constraint)`` the selection metric averages,
+    checked before the first epoch rather than after it."""
+    if data.val is None:
+        raise ValueError("no val tuples: model selection needs the val split")
+    frame = data.val.frame
+    held = set(frame.select("direction", "k", "constraint").unique().iter_rows())
+    missing = [f"{d}.match.k{k}.{c}" for k, c in cfg.select for d in cfg.directions
+               if (d, k, c) not in held]
+    if missing:
+        raise ConfigError(f"train.select_metric {list(cfg.select_metric)} needs val tuples "
+                          f"{missing}: add the constraint to tuples.eval_constraints")
+
+
 def _selection_meta(meta: Mapping[str, Any], cfg: TrainConfig, state: RunState,
                     val: Mapping[str, float]) -> dict[str, Any]:
-    return {**meta, "selection": {"selected_on": SELECT_SPLIT, "metric": cfg.select_metric,
+    return {**meta, "selection": {"selected_on": SELECT_SPLIT, "metric": list(cfg.select_metric),
                                   "score": cfg.select_score, "value": state.best,
                                   "epoch": state.best_epoch, "val": dict(val)}}
 

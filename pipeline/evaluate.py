@@ -666,11 +666,14 @@ def summary_markdown(metrics: Mapping[str, Any], splits: Sequence[str], model_ru
                      multiway_k: int, info: Mapping[str, Any]) -> str:
     """``summary.md``: the headline table (P2VANet Table I) and the detail tables."""
     sel = info["selection"]
+    metric = sel.get("metric")
+    if isinstance(metric, (list, tuple)):
+        metric = " and ".join(metric) + (" (mean)" if len(metric) > 1 else "")
     lines = [
         "# Evaluation summary",
         "",
         f"Checkpoint `{info['checkpoint']}`, selected on {sel.get('selected_on')} "
-        f"({sel.get('metric')} = {sel.get('value', float('nan')):.4f} at epoch "
+        f"({metric} = {sel.get('value', float('nan')):.4f} at epoch "
         f"{sel.get('epoch')}). Model score: `{model_rule}`. Values in %, with 95% bootstrap "
         f"intervals over query identities ({info['bootstrap']['n_resamples']} resamples, "
         f"seed {info['bootstrap']['seed']}). `test` = unseen-unheard identities, "

@@ -20,7 +20,9 @@ TINY_MODEL: dict[str, Any] = {
     "audio_channels": [4, 4, 8, 8, 8], "face_channels": [4, 4, 8, 8, 8], "pool_size": [4, 4],
     "generator_hidden": [32], "embed_dim": 16, "head_hidden": [16], "retrieval_hidden": [16],
     "vae_hidden": [16], "ct_heads": 2, "match_ks": [2, 4], "disc_steps": 2}
-TINY_TRAIN: dict[str, Any] = {"epochs": 2, "batch_size": 16, "threads": 1}
+# the tiny val tuples hold U only (tests/conftest.py): select on it
+TINY_TRAIN: dict[str, Any] = {"epochs": 2, "batch_size": 16, "threads": 1,
+                              "select_metric": ["match.k2.U.acc"]}
 
 
 def params(model: dict | None = None, train: dict | None = None, **lambdas: float) -> dict:
@@ -76,6 +78,43 @@ def test_bad_selection_metric_is_refused() -> None:
 
     with pytest.raises(ConfigError, match="select_metric"):
         T.TrainConfig(select_metric="test.k2")
+    with pytest.raises(ConfigError, match="select_metric"):
+        T.TrainConfig(select_metric=("match.k2.U.acc", "match.kx.G.acc"))
+    with pytest.raises(ConfigError, match="at least one"):
+        T.TrainConfig(select_metric=())
+
+
+def test_selection_metric_is_one_name_or_several() -> None:
+    from pipeline.common.config import build
+
+    assert T.TrainConfig().select_metric == ("match.k2.U.acc", "match.k2.G.acc")
+    one = build(T.TrainConfig, {"select_metric": "match.k10.G.acc"}, name="train")  # `-S` form
+    assert one.select_metric == ("match.k10.G.acc",) and one.select == ((10, "G"),)
+    two = build(T.TrainConfig, {"select_metric": ["match.k2.U.acc", "match.k2.G.acc"]})
+    assert two.select == ((2, "U"), (2, "G"))
+
+
+def test_selection_value_is_the_mean_over_metrics_and_directions() -> None:
+    metrics = {"v2f.match.k2.U.acc": 0.8, "f2v.match.k2.U.acc": 0.7,
+               "v2f.match.k2.G.acc": 0.6, "f2v.match.k2.G.acc": 0.5,
+               "v2f.match.k2.U.acc.head": 0.9, "f2v.match.k2.U.acc.head": 0.9}
+    assert T.selection_value(metrics, T.TrainConfig()) == pytest.approx(0.65)
+    assert T.selection_value(metrics, T.TrainConfig(select_metric=("match.k2.U.acc",))
+                             ) == pytest.approx(0.75)
+    assert T.selection_value(metrics, T.TrainConfig(select_metric=("match.k2.U.acc",),
+                                                    select_score="head")) == pytest.approx(0.9)
+    with pytest.raises(ValueError, match="lack"):
+        T.selection_value(metrics, T.TrainConfig(directions=("v2f",), select_score="head"))
+
+
+def test_a_selection_metric_without_val_tuples_fails_before_training(tiny_data: Path,
+                                                                      tmp_path: Path) -> None:
+    from pipeline.common.config import ConfigError
+
+    with pytest.raises(ConfigError, match="eval_constraints"):  # the tiny val tuples hold U only
+        T.run(tiny_data, tmp_path / "models", tmp_path / "live",
+              params(train={"select_metric": ["match.k2.U.acc", "match.k2.G.acc"]}))
+    assert not (tmp_path / "models" / "last").exists()
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +135,10 @@ def test_run_writes_val_selected_checkpoint_and_dvclive_logs(trained: tuple[Path
     assert set(meta["data"]) >= {"labels", "spec_norm", "face_attr"}
     live = json.loads((out / "live" / "metrics.json").read_text())
     assert live["best_epoch"] == summary["best_epoch"] and "train" in live and "val" in live
+    assert live["best.select"] == pytest.approx(summary["best"])
+    best_val = meta["selection"]["val"]  # the selected epoch's val metrics
+    assert live["best.match.k2.U.acc"] == pytest.approx(
+        (best_val["v2f.match.k2.U.acc"] + best_val["f2v.match.k2.U.acc"]) / 2)
     total = (out / "live" / "plots" / "metrics" / "train" / "total.tsv").read_text().splitlines()
     assert len(total) == 1 + TINY_TRAIN["epochs"]  # header + one row per epoch
     for term in ("metric", "rec", "cls", "gender", "nation", "dis", "adv", "dis_acc"):

@@ -260,11 +260,16 @@ def validate(net: AVMatchNet, data: TrainData, cfg: TrainConfig, device: torch.d
     return metrics
 
 
+def selection_keys(cfg: TrainConfig, name: str) -> list[str]:
+    """The val metric keys of one selection metric: one per direction, under ``select_score``."""
+    suffix = "" if cfg.select_score == "model" else f".{cfg.select_score}"
+    return [f"{d}.{name}{suffix}" for d in cfg.directions]
+
+
 def selection_value(metrics: Mapping[str, float], cfg: TrainConfig) -> float:
     """The mean of every ``train.select_metric`` over ``train.directions`` (scored as
     ``train.select_score``)."""
-    suffix = "" if cfg.select_score == "model" else f".{cfg.select_score}"
-    keys = [f"{d}.match.k{k}.{c}.acc{suffix}" for k, c in cfg.select for d in cfg.directions]
+    keys = [key for name in cfg.select_metric for key in selection_keys(cfg, name)]
     missing = [key for key in keys if key not in metrics]
     if missing:
         raise ValueError(f"val tuples lack {missing} (train.select_metric {list(cfg.select_metric)})")
@@ -274,8 +279,7 @@ def selection_value(metrics: Mapping[str, float], cfg: TrainConfig) -> float:
 def best_metrics(best_dir: Path, cfg: TrainConfig) -> dict[str, float]:
     """``best.<metric>``: each selection metric at the selected epoch, mean over directions."""
     val = model_meta(best_dir)["selection"]["val"]
-    suffix = "" if cfg.select_score == "model" else f".{cfg.select_score}"
-    return {f"best.{name}": float(np.mean([val[f"{d}.{name}{suffix}"] for d in cfg.directions]))
+    return {f"best.{name}": float(np.mean([val[key] for key in selection_keys(cfg, name)]))
             for name in cfg.select_metric}
 
 

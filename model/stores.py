@@ -169,9 +169,9 @@ class SpectrogramStore(H5Store):
         """Crops of the items at ``indices``: float32 ``(n, n_bins, frames)``.
 
         Random windows placed by ``uniforms`` (``(n,)`` in [0, 1)) or drawn with ``rng``
-        (training), else fixed windows at ``position`` (evaluation; :func:`crop_fraction`). Each crop is one contiguous
-        slice of the store: measured about 10x faster than one h5py point selection of every
-        row of the batch.
+        (training), else fixed windows at ``position`` (evaluation; :func:`crop_fraction`).
+        Each crop is one contiguous slice of the store: measured about 10x faster than one h5py
+        point selection of every row of the batch.
         """
         idx = np.asarray(indices, dtype=np.int64)
         if uniforms is None and rng is not None:

@@ -95,7 +95,8 @@ class TrainConfig:
         if self.select_score not in ("model", "head", "cosine"):
             raise ConfigError("train.select_score must be model, head or cosine")
         names = self.select_metric  # one name (`-S train.select_metric=match.k2.G.acc`) or several
-        object.__setattr__(self, "select_metric", (names,) if isinstance(names, str) else tuple(names))
+        names = (names,) if isinstance(names, str) else tuple(names)
+        object.__setattr__(self, "select_metric", names)
         if not self.select_metric:
             raise ConfigError("train.select_metric needs at least one metric")
         for name in self.select_metric:
@@ -272,7 +273,8 @@ def selection_value(metrics: Mapping[str, float], cfg: TrainConfig) -> float:
     keys = [key for name in cfg.select_metric for key in selection_keys(cfg, name)]
     missing = [key for key in keys if key not in metrics]
     if missing:
-        raise ValueError(f"val tuples lack {missing} (train.select_metric {list(cfg.select_metric)})")
+        raise ValueError(f"val tuples lack {missing} "
+                         f"(train.select_metric {list(cfg.select_metric)})")
     return float(np.mean([metrics[key] for key in keys]))
 
 

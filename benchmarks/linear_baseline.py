@@ -44,6 +44,7 @@ from sklearn.decomposition import PCA
 
 from benchmarks.common import update_report
 from model import metrics
+from model.backend import cross_video_pairs, ridge_cca
 from model.data import DataPaths, read_audio_attributes, read_face_attributes
 from model.evaluation import COUNTS, estimate_keys
 from model.stores import FaceStore
@@ -174,56 +175,16 @@ def face_features(reduced: Reduced, dims: int) -> np.ndarray:
 def training_pairs(items: dict[str, Items], cfg: BaselineConfig) -> tuple[np.ndarray, np.ndarray]:
     """Every (voice, face) index pair of one train identity from two different videos."""
     voice, face = items["voice"], items["face"]
-    faces_of: dict[str, list[int]] = {}
-    for j in np.flatnonzero(face.split == "train").tolist():
-        faces_of.setdefault(face.identity[j], []).append(j)
-    v_idx, f_idx = [], []
-    for i in np.flatnonzero(voice.split == "train").tolist():
-        others = [j for j in faces_of.get(voice.identity[i], []) if face.video[j] != voice.video[i]]
-        v_idx += [i] * len(others)
-        f_idx += others
-    v, f = np.asarray(v_idx, np.int64), np.asarray(f_idx, np.int64)
+    vi, fi = np.flatnonzero(voice.split == "train"), np.flatnonzero(face.split == "train")
+    v, f = cross_video_pairs(voice.identity[vi], voice.video[vi], face.identity[fi],
+                             face.video[fi])
+    v, f = vi[v], fi[f]
     if len(v) > cfg.max_pairs:
         keep = np.sort(np.random.default_rng(cfg.seed).choice(len(v), cfg.max_pairs, replace=False))
         v, f = v[keep], f[keep]
     if len(v) == 0:
         raise ValueError("no cross-video (voice, face) pair among the train identities")
     return v, f
-
-
-def _inv_sqrt(c: np.ndarray) -> np.ndarray:
-    w, u = np.linalg.eigh(c)
-    return (u / np.sqrt(w)) @ u.T
-
-
-@dataclass
-class CCA:
-    """Canonical directions: ``(x - mean_x) @ a`` and ``(y - mean_y) @ b``."""
-
-    mean_x: np.ndarray
-    a: np.ndarray
-    mean_y: np.ndarray
-    b: np.ndarray
-    correlations: np.ndarray
-
-    def project_x(self, x: np.ndarray) -> np.ndarray:
-        return (x - self.mean_x) @ self.a
-
-    def project_y(self, y: np.ndarray) -> np.ndarray:
-        return (y - self.mean_y) @ self.b
-
-
-def ridge_cca(x: np.ndarray, y: np.ndarray, ridge: float, n_components: int) -> CCA:
-    """Ridge CCA of paired rows ``x (n, p)``, ``y (n, q)``: SVD of
-    ``(C_xx + r I)^-1/2 C_xy (C_yy + r I)^-1/2``, keeping ``n_components`` directions."""
-    mx, my = x.mean(0), y.mean(0)
-    xc, yc = x - mx, y - my
-    n = len(x)
-    wx = _inv_sqrt(xc.T @ xc / n + ridge * np.eye(x.shape[1]))
-    wy = _inv_sqrt(yc.T @ yc / n + ridge * np.eye(y.shape[1]))
-    u, s, vt = np.linalg.svd(wx @ (xc.T @ yc / n) @ wy)
-    d = min(n_components, len(s))
-    return CCA(mx, wx @ u[:, :d], my, wy @ vt[:d].T, s[:d])
 
 
 def _unit(z: np.ndarray) -> np.ndarray:

@@ -39,6 +39,7 @@ from timm.models import register_model
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from model.backend import BACKENDS, CCABackend
 from model.branches import GENERATOR_NORMS, ConvBranch, Generator
 from model.cross_transformer import TOKEN_INITS
 from model.heads import Discriminator, MatchingClassifier, RetrievalDistance, VerificationClassifier
@@ -130,6 +131,8 @@ class ModelConfig:
     head_hidden: tuple[int, ...] = (256,)  # hidden widths of the matching/verification heads
     retrieval_hidden: tuple[int, ...] = (128,)  # hidden widths of the retrieval distance MLP
     score: str = "cosine"  # cosine | head: the evaluation score reported as the model's
+    backend: str = "cca"  # none | cca: cosine taken after a CCA back-end fitted on train embeddings
+    backend_ridge: float = 0.003  # the back-end's ridge (unit-norm h: about 1/d variance per direction)
     # -- evaluation views (val, test, inference): embeddings averaged over fixed views ------
     eval_voice_crops: int = 5  # spectrogram crops per voice, evenly spaced over the utterance
     eval_face_flip: bool = True  # also embed each face mirrored
@@ -155,6 +158,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         for name, choices in (("adversarial", ADVERSARIAL), ("metric", METRIC), ("vae", VAE),
                               ("private", PRIVATE_KINDS), ("public", PUBLIC), ("score", SCORES),
+                              ("backend", BACKENDS),
                               ("loss_weighting", LOSS_WEIGHTING),
                               ("aml_weights", tuple(AML_WEIGHTS)),
                               ("eq18_lambda4", EQ18_LAMBDA4), ("generator_adv", GENERATOR_ADV),
@@ -170,6 +174,8 @@ class ModelConfig:
             raise ConfigError(f"model.match_ks must be positive; got {self.match_ks}")
         if self.eval_voice_crops < 1:
             raise ConfigError(f"model.eval_voice_crops must be >= 1; got {self.eval_voice_crops}")
+        if self.backend_ridge <= 0:
+            raise ConfigError(f"model.backend_ridge must be positive; got {self.backend_ridge}")
         if self.disc_steps < 1:
             raise ConfigError(f"model.disc_steps must be >= 1; got {self.disc_steps}")
         if len(self.pool_size) != 2:
@@ -266,7 +272,8 @@ class LearningRates:
 PARAM_GROUP = {"branches": "branches", "generators": "generator", "vaes": "vae",
                "private": "private", "match_head": "heads", "verify_head": "heads",
                "retrieval_head": "heads", "gender_head": "gender", "nation_head": "nation",
-               "discriminator": "discriminator"}
+               "discriminator": "discriminator",
+               "backend": "backend"}  # the CCA back-end: buffers only, fitted, never optimised
 
 
 @dataclass
@@ -409,6 +416,7 @@ class AVMatchNet(nn.Module):
         self.nation_head = nn.Linear(d, dims.n_nation) if "nation" in public else None
         self.discriminator = (Discriminator(d, cfg.discriminator_hidden)
                               if cfg.adversarial != "none" else None)
+        self.backend = CCABackend(d, cfg.backend_ridge) if cfg.backend == "cca" else None
         if cfg.init == "glorot":
             self.apply(_glorot)
         self.clip_discriminator()
@@ -606,7 +614,8 @@ class AVMatchNet(nn.Module):
               ) -> dict[str, Tensor]:
         """Candidate scores ``(B, k)`` (higher = more likely the query's identity).
 
-        - ``cosine``: cosine similarity of query and candidate embeddings;
+        - ``cosine``: cosine similarity of query and candidate embeddings (after the CCA
+          back-end when ``model.backend: cca``: :meth:`scoring_space`);
         - ``match``: matching-classifier logits (AML Eq. 6), when there is one for this ``k``;
         - ``verify``: verification logit margin ``same - different`` (AML Eq. 7), per pair;
         - ``distance``: minus the retrieval distance (AML Eq. 8);
@@ -624,13 +633,20 @@ class AVMatchNet(nn.Module):
         scores["head"] = next((scores[n] for n in order if n in scores), scores["cosine"])
         return scores
 
+    def scoring_space(self, voice: Tensor, face: Tensor) -> tuple[Tensor, Tensor]:
+        """The embeddings ``cosine`` compares: ``h`` itself, or its image under the fitted CCA
+        back-end (``model.backend: cca``; identity until :meth:`CCABackend.fit`)."""
+        if self.backend is None:
+            return voice, face
+        return self.backend.project("voice", voice), self.backend.project("face", face)
+
     @torch.no_grad()
     def pair_scores(self, voice: Tensor, face: Tensor) -> dict[str, Tensor]:
         """Scores of (voice, face) embedding pairs ``(..., d)`` (broadcast): ``cosine``, and
         ``verify`` (AML Eq. 7) and ``distance`` (minus AML Eq. 8's distance) when those heads
         exist. For verification pairs and retrieval galleries built from :meth:`embed`."""
         voice, face = torch.broadcast_tensors(voice, face)
-        scores = {"cosine": F.cosine_similarity(voice, face, dim=-1)}
+        scores = {"cosine": F.cosine_similarity(*self.scoring_space(voice, face), dim=-1)}
         if self.verify_head is not None:
             logits = self.verify_head(voice, face)  # (..., 2)
             scores["verify"] = logits[..., 1] - logits[..., 0]

@@ -35,12 +35,13 @@ import os
 import random
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 import torch
 from torch import Tensor, nn
 
@@ -235,13 +236,37 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 # ---- validation ----------------------------------------------------------------------------------
 
+def item_videos(paths: DataPaths, modality: str, ids: Sequence[str]) -> list[str]:
+    """The manifest video of each item (an item without one is its own video)."""
+    table = pl.read_parquet(paths.items(modality), columns=["id", "video"])
+    video = dict(table.filter(pl.col("id").is_in(list(ids))).iter_rows())
+    return [video.get(u) or u for u in ids]
+
+
+def fit_backend(net: AVMatchNet, data: TrainData, device: torch.device) -> None:
+    """Fit the CCA back-end (``model.backend: cca``) on the train tuples' items, embedded as
+    val embeds them, paired across videos of one identity (model/backend.py). The CPU random
+    state is restored afterwards (the item loader draws a seed from it), so the trained weights
+    are the same with and without a back-end."""
+    if net.backend is None:
+        return
+    emb, identity, video = {}, {}, {}
+    with torch.random.fork_rng(devices=[]):
+        for m, bank in data.train.banks.items():
+            items = embed_items(net, data.source, m, bank.ids, device=device)
+            emb[m], identity[m] = items.h, items.identity_ids
+            video[m] = item_videos(data.source.paths, m, items.ids)
+    net.backend.fit_items(emb, identity, video)
+
+
 def validate(net: AVMatchNet, data: TrainData, cfg: TrainConfig, device: torch.device
              ) -> dict[str, float]:
     """Val matching accuracy per direction, constraint and k for every scoring rule, plus the
     selection value ``select``: the mean of ``train.select_metric``'s metrics over them and the
-    directions."""
+    directions. The CCA back-end, if any, is first refitted on the train items."""
     if data.val is None:
         raise ValueError("no val tuples: model selection needs the val split")
+    fit_backend(net, data, device)
     frame = data.val.frame
     ids = {m: data.val.banks[m].ids for m in data.val.banks}
     emb = {m: embed_items(net, data.source, m, ids[m], device=device) for m in ids}

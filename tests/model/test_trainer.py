@@ -150,6 +150,53 @@ def test_run_writes_val_selected_checkpoint_and_dvclive_logs(trained: tuple[Path
     net.load_state_dict(tensors(out / "models" / "best"))
 
 
+def test_checkpoint_holds_the_backend_fitted_on_train_items(trained: tuple[Path, dict],
+                                                           tiny_data: Path) -> None:
+    """``model.backend: cca`` (the default): the selected checkpoint carries the back-end fitted
+    before its validation, so its reloaded cosine scores reproduce the recorded val metric."""
+    import polars as pl
+
+    from model.data import DataPaths, FeatureSource
+    from model.metrics import match_accuracy
+    from model.scoring import embed_items, score_matching
+    from pipeline.evaluate import load_network
+
+    out, _ = trained
+    net, meta = load_network(out / "models" / "best")
+    assert net.backend is not None and net.backend.is_fitted
+    assert not torch.equal(net.backend.voice_proj, torch.eye(net.cfg.embed_dim))
+    paths = DataPaths.under(tiny_data)
+    source = FeatureSource.from_state(paths, meta["data"])
+    frame = pl.read_parquet(paths.tuple_table("val")).filter(
+        (pl.col("direction") == "v2f") & (pl.col("constraint") == "U") & (pl.col("k") == 2))
+    ids = {"voice": frame["query_id"].unique().to_list(),
+           "face": frame["candidate_ids"].explode().unique().to_list()}
+    emb = {m: embed_items(net, source, m, ids[m]) for m in ids}
+    acc = match_accuracy(score_matching(net, frame, emb)["cosine"], frame["label"].to_numpy())
+    assert acc == pytest.approx(meta["selection"]["val"]["v2f.match.k2.U.acc.cosine"])
+
+
+def test_the_backend_changes_scores_not_training(trained: tuple[Path, dict], tiny_data: Path,
+                                                 tmp_path: Path) -> None:
+    """``model.backend: none`` trains the same weights; only the back-end's buffers and the
+    cosine scores (hence maybe the selected epoch) differ."""
+    out, summary = trained
+    plain = T.run(tiny_data, tmp_path / "models", tmp_path / "live",
+                  params(model={"backend": "none"}, lambda1=1.5))
+    # the resume checkpoints: weights, optimiser moments and random states
+    a, b = tensors(out / "models" / "last"), tensors(tmp_path / "models" / "last")
+    assert {k for k in a if ".backend." in k} == {
+        f"state.model.backend.{n}" for n in ("voice_mean", "voice_proj", "face_mean",
+                                             "face_proj", "fitted")}
+    shared = [k for k in a if ".backend." not in k]
+    assert set(shared) == set(b)
+    assert all(torch.equal(a[k], b[k]) for k in shared)
+    heads = [(h["v2f.match.k2.U.acc.head"], h["f2v.match.k2.U.acc.head"])
+             for h in summary["history"]]
+    assert heads == [(h["v2f.match.k2.U.acc.head"], h["f2v.match.k2.U.acc.head"])
+                     for h in plain["history"]]
+
+
 def test_same_seed_gives_identical_checkpoints(trained: tuple[Path, dict], tiny_data: Path,
                                                tmp_path: Path) -> None:
     out, _ = trained

@@ -1,7 +1,7 @@
 """A linear scoring back-end on the network's embeddings: correlation-weighted ridge CCA.
 
-Not in the papers (docs/model.md, "A CCA back-end on the embeddings"). After training, the
-128-d voice and face embeddings of the train split are related by a ridge-regularised
+Not in the papers (docs/model.md, "A CCA back-end on the embeddings"). Before each validation,
+the 128-d voice and face embeddings of the train items are related by a ridge-regularised
 canonical correlation analysis fitted on cross-video (voice, face) pairs of one identity; each
 modality's embedding is then projected onto the canonical directions and each direction is
 scaled by its canonical correlation, and the ``cosine`` score is taken in that space. Cosine on

@@ -186,9 +186,20 @@ class ModelConfig:
         """Build from the whole params dict (its ``model`` section; unknown keys raise)."""
         return build(cls, section(params, "model"), name="model")
 
+    @classmethod
+    def from_checkpoint(cls, d: Mapping[str, Any], name: str = "checkpoint model") -> ModelConfig:
+        """Rebuild a checkpoint's config (:meth:`to_dict`); a key the checkpoint predates takes
+        the value it was trained and selected with (:data:`CHECKPOINT_PREDATES`)."""
+        return build(cls, {**CHECKPOINT_PREDATES, **d}, name=name)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists); ``build(ModelConfig, d)`` restores it."""
         return dataclasses.asdict(self)
+
+
+# Model settings added after checkpoints were first written, with the value a checkpoint that
+# lacks the key was made with: before the CCA back-end, cosine was the plain cosine of h.
+CHECKPOINT_PREDATES: dict[str, Any] = {"backend": "none"}
 
 
 def view_mean(t: Tensor, views: int, normalize: bool = False) -> Tensor:

@@ -293,7 +293,7 @@ def load_network(checkpoint: Path, device: Any = "cpu") -> tuple[Any, dict[str, 
 
     meta = model_meta(checkpoint)
     try:
-        cfg = build(ModelConfig, meta["model"], name="checkpoint model")
+        cfg = ModelConfig.from_checkpoint(meta["model"])
         dims = build(InputDims, meta["dims"], name="checkpoint dims")
     except (KeyError, ConfigError) as err:
         raise CheckpointError(f"{checkpoint}: cannot rebuild the model from its JSON ({err})") from err

@@ -127,7 +127,7 @@ class Matcher:
             from model.checkpoint import CheckpointError, load_model
 
             try:
-                net = AVMatchNet(build(ModelConfig, self.meta["model"], name="model"),
+                net = AVMatchNet(ModelConfig.from_checkpoint(self.meta["model"], name="model"),
                                  build(InputDims, self.meta["dims"], name="dims"))
                 load_model(self.path, net, device="cpu")
             except (CheckpointError, ConfigError, KeyError) as exc:

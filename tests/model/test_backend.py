@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ import torch.nn.functional as F
 
 from model.avnet import AVMatchNet, InputDims, ModelConfig
 from model.backend import CCABackend, cross_video_pairs, ridge_cca
-from model.checkpoint import load_model, save_model
+from model.checkpoint import CheckpointError, load_model, save_model
 
 
 def paired(n: int = 20000, noise: tuple[float, ...] = (0.5, 2.0), extra: int = 2,
@@ -101,3 +103,22 @@ def test_cosine_is_taken_after_the_fitted_backend_and_survives_a_checkpoint(tmp_
     load_model(tmp_path / "ckpt", again)
     assert again.backend.is_fitted
     assert torch.equal(again.pair_scores(voice, face)["cosine"], fitted)
+
+
+def test_a_checkpoint_from_before_the_backend_loads_with_plain_cosine(tmp_path) -> None:
+    """A checkpoint whose config predates ``model.backend`` (and whose tensors have no back-end
+    buffers) is rebuilt with ``backend: none``, the plain cosine it was selected with."""
+    from pipeline.evaluate import load_network
+
+    torch.manual_seed(0)
+    net = AVMatchNet(ModelConfig(**{**TINY, "backend": "none"}), DIMS).eval()
+    old = {k: v for k, v in net.cfg.to_dict().items() if k not in ("backend", "backend_ridge")}
+    save_model(tmp_path / "old", net, {"model": old, "dims": dataclasses.asdict(DIMS)})
+    again, _ = load_network(tmp_path / "old")
+    assert again.backend is None and again.cfg.backend == "none"
+    voice, face = torch.randn(8, 8), torch.randn(8, 8)
+    assert torch.allclose(again.pair_scores(voice, face)["cosine"],
+                          F.cosine_similarity(voice, face, dim=-1))
+    # the same JSON with the shipped default would expect back-end buffers the file lacks
+    with pytest.raises(CheckpointError, match="backend"):
+        load_model(tmp_path / "old", AVMatchNet(ModelConfig(**TINY), DIMS))

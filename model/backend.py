@@ -5,8 +5,8 @@ the 128-d voice and face embeddings of the train items are related by a ridge-re
 canonical correlation analysis fitted on cross-video (voice, face) pairs of one identity; each
 modality's embedding is then projected onto the canonical directions and each direction is
 scaled by its canonical correlation, and the ``cosine`` score is taken in that space. Cosine on
-the raw embeddings weighs every direction by its variance, so the few directions that separate
-the genders dominate; the back-end weighs them by how well the other modality predicts them.
+the raw embeddings weighs every direction by its variance, shared or not; the back-end weighs
+each by how well the other modality predicts it.
 The network and its losses are unchanged: the back-end holds buffers only, no parameters, and
 is fitted on train-split embeddings only (:func:`fit_backend` in the trainer, before each
 validation), so val, test and seen_heard never shape it.

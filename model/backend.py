@@ -26,9 +26,10 @@ from pipeline.common.directions import MODALITIES
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CCA", "ridge_cca", "CCABackend", "cross_video_pairs", "BACKENDS"]
+__all__ = ["CCA", "ridge_cca", "CCABackend", "cross_video_pairs", "BACKENDS", "MIN_PAIRS"]
 
 BACKENDS = ("none", "cca")
+MIN_PAIRS = 2  # fewer paired rows leave no covariance to fit
 
 
 @dataclass
@@ -112,8 +113,8 @@ class CCABackend(nn.Module):
         """Fit on paired rows ``voice (n, d)``, ``face (n, d)`` (one identity per row, two
         videos); returns the canonical correlations. Each direction is scaled by its
         correlation, so weakly shared directions fade instead of being cut at a fixed count."""
-        if len(voice) < 2:
-            raise ValueError(f"the CCA back-end needs at least 2 pairs; got {len(voice)}")
+        if len(voice) < MIN_PAIRS:
+            raise ValueError(f"the CCA back-end needs at least {MIN_PAIRS} pairs; got {len(voice)}")
         x = voice.detach().double().cpu().numpy()
         y = face.detach().double().cpu().numpy()
         cca = ridge_cca(x, y, self.ridge, x.shape[1])

@@ -46,6 +46,8 @@ import torch
 from torch import Tensor, nn
 
 from model.avnet import AVMatchNet, InputDims, LearningRates, LossWeights, ModelConfig
+from model.backend import MIN_PAIRS as MIN_BACKEND_PAIRS
+from model.backend import cross_video_pairs
 from model.checkpoint import load_resume, model_meta, resume_meta, save_model, save_resume
 from model.data import DataConfig, DataPaths, TrainData, make_loader, prepare_training
 from model.metrics import match_accuracy
@@ -243,6 +245,28 @@ def item_videos(paths: DataPaths, modality: str, ids: Sequence[str]) -> list[str
     return [video.get(u) or u for u in ids]
 
 
+def backend_pair_count(data: TrainData) -> int:
+    """How many cross-video (voice, face) pairs of one identity the train tuples' items give
+    the CCA back-end."""
+    banks = data.train.banks
+    videos = {m: item_videos(data.source.paths, m, banks[m].ids) for m in banks}
+    voice, _ = cross_video_pairs(banks["voice"].identity_ids, videos["voice"],
+                                 banks["face"].identity_ids, videos["face"])
+    return len(voice)
+
+
+def check_backend_pairs(model_cfg: ModelConfig, data: TrainData) -> None:
+    """``model.backend: cca`` needs cross-video train pairs; checked before the first epoch
+    rather than at the first validation."""
+    if model_cfg.backend == "none":
+        return
+    count = backend_pair_count(data)
+    if count < MIN_BACKEND_PAIRS:
+        raise ConfigError(f"model.backend {model_cfg.backend!r} is fitted on (voice, face) pairs "
+                          f"of one train identity from two videos; the train tuples' items give "
+                          f"{count}: set model.backend to none")
+
+
 def fit_backend(net: AVMatchNet, data: TrainData, device: torch.device) -> None:
     """Fit the CCA back-end (``model.backend: cca``) on the train tuples' items, embedded as
     val embeds them, paired across videos of one identity (model/backend.py). The CPU random
@@ -389,6 +413,7 @@ def _run(data_dir: Path, out_dir: Path, live_dir: Path, params: Mapping[str, Any
     data = prepare_training(DataPaths.under(data_dir), cfg.data)
     check_tuple_sizes(model_cfg, data)
     check_selection_tuples(cfg, data)
+    check_backend_pairs(model_cfg, data)
     dims = InputDims(**data.source.input_dims())
     net = AVMatchNet(model_cfg, dims).to(device)
     step = wrap_distributed(GeneratorStep(net), dist_info, device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -195,6 +196,38 @@ def test_the_backend_changes_scores_not_training(trained: tuple[Path, dict], tin
              for h in summary["history"]]
     assert heads == [(h["v2f.match.k2.U.acc.head"], h["f2v.match.k2.U.acc.head"])
                      for h in plain["history"]]
+
+
+def test_a_backend_without_cross_video_pairs_is_refused_before_training(tiny_data: Path,
+                                                                       tmp_path: Path) -> None:
+    """The back-end pairs a voice with faces of its identity from other videos; a manifest where
+    every item shares one video gives none, and the run stops before the first epoch, naming
+    ``model.backend`` (``none`` then trains)."""
+    import shutil
+
+    import polars as pl
+
+    from model.data import DataPaths, prepare_training
+    from pipeline.common.config import ConfigError
+
+    cfg = T.TrainConfig(**TINY_TRAIN)
+    data = prepare_training(DataPaths.under(tiny_data), cfg.data)
+    assert T.backend_pair_count(data) > 0
+    one_video = tmp_path / "data"
+    shutil.copytree(tiny_data, one_video)
+    for table in ("utterances", "faces"):
+        path = one_video / "manifest" / f"{table}.parquet"
+        pl.read_parquet(path).with_columns(video=pl.lit("one")).write_parquet(path)
+    data = prepare_training(DataPaths.under(one_video), cfg.data)
+    assert T.backend_pair_count(data) == 0
+    model_cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v
+                               for k, v in TINY_MODEL.items()})
+    with pytest.raises(ConfigError, match="model.backend"):
+        T.check_backend_pairs(model_cfg, data)
+    with pytest.raises(ConfigError, match="model.backend"):
+        T.run(one_video, tmp_path / "models", tmp_path / "live", params())
+    assert not (tmp_path / "models" / "last").exists()
+    T.check_backend_pairs(dataclasses.replace(model_cfg, backend="none"), data)
 
 
 def test_same_seed_gives_identical_checkpoints(trained: tuple[Path, dict], tiny_data: Path,

@@ -15,6 +15,7 @@ validation), so val, test and seen_heard never shape it.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -26,7 +27,8 @@ from pipeline.common.directions import MODALITIES
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CCA", "ridge_cca", "CCABackend", "cross_video_pairs", "BACKENDS", "MIN_PAIRS"]
+__all__ = ["CCA", "PairMoments", "ridge_cca", "cca_from_moments", "cross_video_moments",
+           "CCABackend", "cross_video_pairs", "cross_video_pair_count", "BACKENDS", "MIN_PAIRS"]
 
 BACKENDS = ("none", "cca")
 MIN_PAIRS = 2  # fewer paired rows leave no covariance to fit
@@ -60,11 +62,63 @@ def ridge_cca(x: np.ndarray, y: np.ndarray, ridge: float, n_components: int) -> 
     mx, my = x.mean(0), y.mean(0)
     xc, yc = x - mx, y - my
     n = len(x)
-    wx = _inv_sqrt(xc.T @ xc / n + ridge * np.eye(x.shape[1]))
-    wy = _inv_sqrt(yc.T @ yc / n + ridge * np.eye(y.shape[1]))
-    u, s, vt = np.linalg.svd(wx @ (xc.T @ yc / n) @ wy)
+    return cca_from_moments(PairMoments(mx, my, xc.T @ xc / n, yc.T @ yc / n, xc.T @ yc / n, n),
+                            ridge, n_components)
+
+
+@dataclass
+class PairMoments:
+    """Means and (cross-)covariances of the paired rows ``(x_i, y_i)``, ``n`` pairs."""
+
+    mean_x: np.ndarray  # (p,)
+    mean_y: np.ndarray  # (q,)
+    cov_xx: np.ndarray  # (p, p)
+    cov_yy: np.ndarray  # (q, q)
+    cov_xy: np.ndarray  # (p, q)
+    n: int
+
+
+def cca_from_moments(m: PairMoments, ridge: float, n_components: int) -> CCA:
+    """:func:`ridge_cca` from the pairs' moments."""
+    wx = _inv_sqrt(m.cov_xx + ridge * np.eye(len(m.mean_x)))
+    wy = _inv_sqrt(m.cov_yy + ridge * np.eye(len(m.mean_y)))
+    u, s, vt = np.linalg.svd(wx @ m.cov_xy @ wy)
     d = min(n_components, len(s))
-    return CCA(mx, wx @ u[:, :d], my, wy @ vt[:d].T, s[:d])
+    return CCA(m.mean_x, wx @ u[:, :d], m.mean_y, wy @ vt[:d].T, s[:d])
+
+
+def _group_sums(codes: np.ndarray, values: np.ndarray, groups: int) -> np.ndarray:
+    """``(groups, d)`` sums of ``values (n, d)`` by ``codes (n,)``."""
+    out = np.zeros((groups, values.shape[1]))
+    np.add.at(out, codes, values)
+    return out
+
+
+def cross_video_moments(x: np.ndarray, x_identity: Sequence[str], x_video: Sequence[str],
+                        y: np.ndarray, y_identity: Sequence[str], y_video: Sequence[str]
+                        ) -> PairMoments:
+    """The moments of every cross-video pair ``(x_i, y_j)`` of one identity (what
+    :func:`cross_video_pairs` lists), from per-identity and per-video sums: memory and time grow
+    with the items, not with the pairs (a VoxCeleb identity has thousands of them)."""
+    ident = {u: i for i, u in enumerate(dict.fromkeys([*x_identity, *y_identity]))}
+    scene = {u: i for i, u in enumerate(dict.fromkeys(
+        [*zip(x_identity, x_video, strict=True), *zip(y_identity, y_video, strict=True)]))}
+    xi = np.fromiter((ident[u] for u in x_identity), np.int64, len(x))
+    yi = np.fromiter((ident[u] for u in y_identity), np.int64, len(y))
+    xs = np.fromiter((scene[k] for k in zip(x_identity, x_video, strict=True)), np.int64, len(x))
+    ys = np.fromiter((scene[k] for k in zip(y_identity, y_video, strict=True)), np.int64, len(y))
+    # each item's pair count: the other modality's items of its identity outside its video
+    wx = (np.bincount(yi, minlength=len(ident))[xi] - np.bincount(ys, minlength=len(scene))[xs])
+    wy = (np.bincount(xi, minlength=len(ident))[yi] - np.bincount(xs, minlength=len(scene))[ys])
+    n = int(wx.sum())
+    if n == 0:
+        raise ValueError("no cross-video pair of one identity among the items")
+    mx, my = wx @ x / n, wy @ y / n
+    xc, yc = x - mx, y - my
+    cross = (_group_sums(xi, xc, len(ident)).T @ _group_sums(yi, yc, len(ident))
+             - _group_sums(xs, xc, len(scene)).T @ _group_sums(ys, yc, len(scene)))
+    return PairMoments(mx, my, (xc * wx[:, None]).T @ xc / n, (yc * wy[:, None]).T @ yc / n,
+                       cross / n, n)
 
 
 def cross_video_pairs(identity: Sequence[str], video: Sequence[str], other_identity: Sequence[str],
@@ -80,6 +134,15 @@ def cross_video_pairs(identity: Sequence[str], video: Sequence[str], other_ident
         first += [i] * len(others)
         second += others
     return np.asarray(first, np.int64), np.asarray(second, np.int64)
+
+
+def cross_video_pair_count(identity: Sequence[str], video: Sequence[str],
+                           other_identity: Sequence[str], other_video: Sequence[str]) -> int:
+    """``len(cross_video_pairs(...)[0])`` from counts, without listing the pairs."""
+    per_identity = Counter(other_identity)
+    per_video = Counter(zip(other_identity, other_video, strict=True))
+    return sum(per_identity[who] - per_video[(who, vid)]
+               for who, vid in zip(identity, video, strict=True))
 
 
 class CCABackend(nn.Module):
@@ -111,31 +174,37 @@ class CCABackend(nn.Module):
     @torch.no_grad()
     def fit(self, voice: Tensor, face: Tensor) -> np.ndarray:
         """Fit on paired rows ``voice (n, d)``, ``face (n, d)`` (one identity per row, two
-        videos); returns the canonical correlations. Each direction is scaled by its
-        correlation, so weakly shared directions fade instead of being cut at a fixed count."""
+        videos); returns the canonical correlations."""
         if len(voice) < MIN_PAIRS:
             raise ValueError(f"the CCA back-end needs at least {MIN_PAIRS} pairs; got {len(voice)}")
-        x = voice.detach().double().cpu().numpy()
-        y = face.detach().double().cpu().numpy()
-        cca = ridge_cca(x, y, self.ridge, x.shape[1])
+        x, y = (t.detach().double().cpu().numpy() for t in (voice, face))
+        return self._set(ridge_cca(x, y, self.ridge, x.shape[1]))
+
+    @torch.no_grad()
+    def fit_items(self, emb: Mapping[str, Tensor], identity: Mapping[str, Sequence[str]],
+                  video: Mapping[str, Sequence[str]]) -> int:
+        """Fit on every cross-video (voice, face) pair of one identity among the items
+        ``emb[m] (N_m, d)`` (from their moments, :func:`cross_video_moments`); returns the
+        number of pairs."""
+        x, y = (emb[m].detach().double().cpu().numpy() for m in MODALITIES)
+        moments = cross_video_moments(x, identity["voice"], video["voice"],
+                                      y, identity["face"], video["face"])
+        if moments.n < MIN_PAIRS:
+            raise ValueError(f"the CCA back-end needs at least {MIN_PAIRS} pairs; got {moments.n}")
+        rho = self._set(cca_from_moments(moments, self.ridge, x.shape[1]))
+        log.info("CCA back-end: %d train pairs, canonical correlations %s ...", moments.n,
+                 np.array2string(rho[:4], precision=3))
+        return moments.n
+
+    def _set(self, cca: CCA) -> np.ndarray:
+        """Store ``cca``'s maps, each direction scaled by its correlation (weakly shared
+        directions fade instead of being cut at a fixed count); returns the correlations."""
         fitted = {"voice": (cca.mean_x, cca.a * cca.correlations),
                   "face": (cca.mean_y, cca.b * cca.correlations)}
         for m, (mean, proj) in fitted.items():
-            width = proj.shape[1]
             full = np.zeros((proj.shape[0], self.voice_proj.shape[1]))  # (d, k) -> (d, d): pad
-            full[:, :width] = proj
+            full[:, :proj.shape[1]] = proj
             getattr(self, f"{m}_mean").copy_(torch.from_numpy(mean))
             getattr(self, f"{m}_proj").copy_(torch.from_numpy(full))
         self.fitted.fill_(1.0)
         return cca.correlations
-
-    def fit_items(self, emb: Mapping[str, Tensor], identity: Mapping[str, Sequence[str]],
-                  video: Mapping[str, Sequence[str]]) -> int:
-        """Fit on every cross-video (voice, face) pair of the items ``emb[m] (N_m, d)``; returns
-        the number of pairs."""
-        v, f = cross_video_pairs(identity["voice"], video["voice"], identity["face"],
-                                 video["face"])
-        rho = self.fit(emb["voice"][torch.from_numpy(v)], emb["face"][torch.from_numpy(f)])
-        log.info("CCA back-end: %d train pairs, canonical correlations %s ...", len(v),
-                 np.array2string(rho[:4], precision=3))
-        return len(v)

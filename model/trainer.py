@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 from model.avnet import AVMatchNet, InputDims, LearningRates, LossWeights, ModelConfig
 from model.backend import MIN_PAIRS as MIN_BACKEND_PAIRS
-from model.backend import cross_video_pairs
+from model.backend import cross_video_pair_count
 from model.checkpoint import load_resume, model_meta, resume_meta, save_model, save_resume
 from model.data import DataConfig, DataPaths, TrainData, make_loader, prepare_training
 from model.metrics import match_accuracy
@@ -250,9 +250,8 @@ def backend_pair_count(data: TrainData) -> int:
     the CCA back-end."""
     banks = data.train.banks
     videos = {m: item_videos(data.source.paths, m, banks[m].ids) for m in banks}
-    voice, _ = cross_video_pairs(banks["voice"].identity_ids, videos["voice"],
-                                 banks["face"].identity_ids, videos["face"])
-    return len(voice)
+    return cross_video_pair_count(banks["voice"].identity_ids, videos["voice"],
+                                  banks["face"].identity_ids, videos["face"])
 
 
 def check_backend_pairs(model_cfg: ModelConfig, data: TrainData) -> None:

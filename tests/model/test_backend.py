@@ -10,7 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from model.avnet import AVMatchNet, InputDims, ModelConfig
-from model.backend import CCABackend, cross_video_pairs, ridge_cca
+from model.backend import (
+    CCABackend,
+    cross_video_moments,
+    cross_video_pair_count,
+    cross_video_pairs,
+    ridge_cca,
+)
 from model.checkpoint import CheckpointError, load_model, save_model
 
 
@@ -53,6 +59,44 @@ def test_cross_video_pairs_skip_the_same_video_and_other_identities() -> None:
     v, f = cross_video_pairs(["a", "a", "b"], ["v1", "v2", "v3"],
                              ["a", "a", "b", "b"], ["v1", "v2", "v3", "v4"])
     assert list(zip(v.tolist(), f.tolist(), strict=True)) == [(0, 1), (1, 0), (2, 3)]
+
+
+def items(seed: int = 1) -> tuple[np.ndarray, list, list, np.ndarray, list, list]:
+    """Voices and faces of 4 identities over uneven videos; identity ``d`` has one video only
+    (no pairs), and one face sits in a video no voice has."""
+    rng = np.random.default_rng(seed)
+    xv = [("a", "1"), ("a", "1"), ("a", "2"), ("b", "3"), ("b", "4"), ("c", "5"), ("d", "6")]
+    yv = [("a", "1"), ("a", "2"), ("a", "2"), ("a", "7"), ("b", "3"), ("b", "4"), ("c", "5"),
+          ("c", "8"), ("d", "6")]
+    x, y = rng.standard_normal((len(xv), 3)), rng.standard_normal((len(yv), 3))
+    return (x, [i for i, _ in xv], [v for _, v in xv], y, [i for i, _ in yv], [v for _, v in yv])
+
+
+def test_cross_video_moments_equal_the_moments_of_the_listed_pairs() -> None:
+    x, xi, xvid, y, yi, yvid = items()
+    v, f = cross_video_pairs(xi, xvid, yi, yvid)
+    assert cross_video_pair_count(xi, xvid, yi, yvid) == len(v) == 11  # 3+3+2 (a), 1+1 (b), 1 (c)
+    px, py = x[v], y[f]
+    m = cross_video_moments(x, xi, xvid, y, yi, yvid)
+    assert m.n == len(v)
+    np.testing.assert_allclose(m.mean_x, px.mean(0), atol=1e-12)
+    np.testing.assert_allclose(m.mean_y, py.mean(0), atol=1e-12)
+    np.testing.assert_allclose(m.cov_xx, np.cov(px.T, bias=True), atol=1e-12)
+    np.testing.assert_allclose(m.cov_yy, np.cov(py.T, bias=True), atol=1e-12)
+    cross = (px - px.mean(0)).T @ (py - py.mean(0)) / len(v)
+    np.testing.assert_allclose(m.cov_xy, cross, atol=1e-12)
+
+
+def test_fit_items_equals_fit_on_every_listed_pair() -> None:
+    x, xi, xvid, y, yi, yvid = items(seed=2)
+    v, f = cross_video_pairs(xi, xvid, yi, yvid)
+    tx, ty = torch.from_numpy(x).float(), torch.from_numpy(y).float()
+    listed, summed = CCABackend(3, ridge=0.1), CCABackend(3, ridge=0.1)
+    listed.fit(tx[torch.from_numpy(v)], ty[torch.from_numpy(f)])
+    assert summed.fit_items({"voice": tx, "face": ty}, {"voice": xi, "face": yi},
+                            {"voice": xvid, "face": yvid}) == len(v)
+    for name, buf in listed.named_buffers():
+        assert torch.allclose(buf, dict(summed.named_buffers())[name], atol=1e-5), name
 
 
 def test_unfitted_backend_is_the_identity_and_fit_weighs_by_correlation() -> None:

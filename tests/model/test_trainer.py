@@ -157,7 +157,8 @@ def test_checkpoint_holds_the_backend_fitted_on_train_items(trained: tuple[Path,
     before its validation, so its reloaded cosine scores reproduce the recorded val metric."""
     import polars as pl
 
-    from model.data import DataPaths, FeatureSource
+    from model.backend import CCABackend
+    from model.data import DataPaths, FeatureSource, prepare_training
     from model.metrics import match_accuracy
     from model.scoring import embed_items, score_matching
     from pipeline.evaluate import load_network
@@ -168,6 +169,14 @@ def test_checkpoint_holds_the_backend_fitted_on_train_items(trained: tuple[Path,
     assert not torch.equal(net.backend.voice_proj, torch.eye(net.cfg.embed_dim))
     paths = DataPaths.under(tiny_data)
     source = FeatureSource.from_state(paths, meta["data"])
+    # the stored back-end is the one the train tuples' items give (no other split's)
+    train = prepare_training(paths, T.TrainConfig(**TINY_TRAIN).data).train
+    emb = {m: embed_items(net, source, m, bank.ids) for m, bank in train.banks.items()}
+    refit = CCABackend(net.cfg.embed_dim, net.cfg.backend_ridge)
+    refit.fit_items({m: e.h for m, e in emb.items()}, {m: e.identity_ids for m, e in emb.items()},
+                    {m: T.item_videos(paths, m, e.ids) for m, e in emb.items()})
+    for name, buf in refit.named_buffers():
+        assert torch.allclose(buf, dict(net.backend.named_buffers())[name], atol=1e-5), name
     frame = pl.read_parquet(paths.tuple_table("val")).filter(
         (pl.col("direction") == "v2f") & (pl.col("constraint") == "U") & (pl.col("k") == 2))
     ids = {"voice": frame["query_id"].unique().to_list(),

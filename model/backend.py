@@ -15,7 +15,6 @@ validation), so val, test and seen_heard never shape it.
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -27,7 +26,7 @@ from pipeline.common.directions import MODALITIES
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CCA", "PairMoments", "ridge_cca", "cca_from_moments", "cross_video_moments",
+__all__ = ["CCA", "PairMoments", "CrossVideoGroups", "ridge_cca", "cca_from_moments", "cross_video_moments",
            "CCABackend", "cross_video_pairs", "cross_video_pair_count", "BACKENDS", "MIN_PAIRS"]
 
 BACKENDS = ("none", "cca")
@@ -94,31 +93,58 @@ def _group_sums(codes: np.ndarray, values: np.ndarray, groups: int) -> np.ndarra
     return out
 
 
+@dataclass
+class CrossVideoGroups:
+    """Each item's identity code and (identity, video) code, and how many cross-video pairs of
+    its identity it is in (the other modality's items of its identity outside its video)."""
+
+    x_identity: np.ndarray  # (n_x,) int64
+    y_identity: np.ndarray  # (n_y,) int64
+    x_scene: np.ndarray  # (n_x,) int64
+    y_scene: np.ndarray  # (n_y,) int64
+    x_pairs: np.ndarray  # (n_x,) int64
+    y_pairs: np.ndarray  # (n_y,) int64
+    n_identities: int
+    n_scenes: int
+
+    @classmethod
+    def of(cls, x_identity: Sequence[str], x_video: Sequence[str], y_identity: Sequence[str],
+           y_video: Sequence[str]) -> CrossVideoGroups:
+        x_keys = list(zip(x_identity, x_video, strict=True))
+        y_keys = list(zip(y_identity, y_video, strict=True))
+        ident = {u: i for i, u in enumerate(dict.fromkeys([*x_identity, *y_identity]))}
+        scene = {u: i for i, u in enumerate(dict.fromkeys([*x_keys, *y_keys]))}
+        xi = np.fromiter((ident[u] for u in x_identity), np.int64, len(x_keys))
+        yi = np.fromiter((ident[u] for u in y_identity), np.int64, len(y_keys))
+        xs = np.fromiter((scene[k] for k in x_keys), np.int64, len(x_keys))
+        ys = np.fromiter((scene[k] for k in y_keys), np.int64, len(y_keys))
+        ni, ns = len(ident), len(scene)
+        wx = np.bincount(yi, minlength=ni)[xi] - np.bincount(ys, minlength=ns)[xs]
+        wy = np.bincount(xi, minlength=ni)[yi] - np.bincount(xs, minlength=ns)[ys]
+        return cls(xi, yi, xs, ys, wx, wy, ni, ns)
+
+    @property
+    def n_pairs(self) -> int:
+        return int(self.x_pairs.sum())
+
+
 def cross_video_moments(x: np.ndarray, x_identity: Sequence[str], x_video: Sequence[str],
                         y: np.ndarray, y_identity: Sequence[str], y_video: Sequence[str]
                         ) -> PairMoments:
     """The moments of every cross-video pair ``(x_i, y_j)`` of one identity (what
     :func:`cross_video_pairs` lists), from per-identity and per-video sums: memory and time grow
     with the items, not with the pairs (a VoxCeleb identity has thousands of them)."""
-    ident = {u: i for i, u in enumerate(dict.fromkeys([*x_identity, *y_identity]))}
-    scene = {u: i for i, u in enumerate(dict.fromkeys(
-        [*zip(x_identity, x_video, strict=True), *zip(y_identity, y_video, strict=True)]))}
-    xi = np.fromiter((ident[u] for u in x_identity), np.int64, len(x))
-    yi = np.fromiter((ident[u] for u in y_identity), np.int64, len(y))
-    xs = np.fromiter((scene[k] for k in zip(x_identity, x_video, strict=True)), np.int64, len(x))
-    ys = np.fromiter((scene[k] for k in zip(y_identity, y_video, strict=True)), np.int64, len(y))
-    # each item's pair count: the other modality's items of its identity outside its video
-    wx = (np.bincount(yi, minlength=len(ident))[xi] - np.bincount(ys, minlength=len(scene))[xs])
-    wy = (np.bincount(xi, minlength=len(ident))[yi] - np.bincount(xs, minlength=len(scene))[ys])
-    n = int(wx.sum())
+    g = CrossVideoGroups.of(x_identity, x_video, y_identity, y_video)
+    n = g.n_pairs
     if n == 0:
         raise ValueError("no cross-video pair of one identity among the items")
-    mx, my = wx @ x / n, wy @ y / n
+    mx, my = g.x_pairs @ x / n, g.y_pairs @ y / n
     xc, yc = x - mx, y - my
-    cross = (_group_sums(xi, xc, len(ident)).T @ _group_sums(yi, yc, len(ident))
-             - _group_sums(xs, xc, len(scene)).T @ _group_sums(ys, yc, len(scene)))
-    return PairMoments(mx, my, (xc * wx[:, None]).T @ xc / n, (yc * wy[:, None]).T @ yc / n,
-                       cross / n, n)
+    cross = (_group_sums(g.x_identity, xc, g.n_identities).T
+             @ _group_sums(g.y_identity, yc, g.n_identities)
+             - _group_sums(g.x_scene, xc, g.n_scenes).T @ _group_sums(g.y_scene, yc, g.n_scenes))
+    return PairMoments(mx, my, (xc * g.x_pairs[:, None]).T @ xc / n,
+                       (yc * g.y_pairs[:, None]).T @ yc / n, cross / n, n)
 
 
 def cross_video_pairs(identity: Sequence[str], video: Sequence[str], other_identity: Sequence[str],
@@ -139,10 +165,7 @@ def cross_video_pairs(identity: Sequence[str], video: Sequence[str], other_ident
 def cross_video_pair_count(identity: Sequence[str], video: Sequence[str],
                            other_identity: Sequence[str], other_video: Sequence[str]) -> int:
     """``len(cross_video_pairs(...)[0])`` from counts, without listing the pairs."""
-    per_identity = Counter(other_identity)
-    per_video = Counter(zip(other_identity, other_video, strict=True))
-    return sum(per_identity[who] - per_video[(who, vid)]
-               for who, vid in zip(identity, video, strict=True))
+    return CrossVideoGroups.of(identity, video, other_identity, other_video).n_pairs
 
 
 class CCABackend(nn.Module):

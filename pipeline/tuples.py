@@ -107,8 +107,8 @@ class TuplesConfig:
     pair_constraints: tuple[str, ...] = ("U", "G")
     train_binary: int = 1500
     train_multiway: int = 250
-    val_binary: int = 400
-    val_multiway: int = 100
+    val_binary: int = 2000
+    val_multiway: int = 500
     test_binary: int = 1000
     test_multiway: int = 250
     seen_heard_binary: int = 500

@@ -3,7 +3,8 @@
 One training run is one draw. On the embedded corpus val has 37 identities (2,000 tuples per
 1:2 figure by default), so one run's val figure moves by 0.015-0.025 from seed to seed, and a
 single run cannot tell whether a configuration beats the linear baseline by a point or two. This sweep
-trains the same params once per seed (``train.seed`` = 0 .. N-1; optionally with ``-S``
+trains the same params once per seed (``train.seed`` = 0 .. N-1, or from ``--first-seed`` on to
+extend an earlier sweep; optionally with ``-S``
 overrides, read as DVC reads them), each in its own temporary directory (never ``models/`` or
 ``reports/train``), and reads each run's selected epoch: the val figures of
 ``train.select_metric`` in both directions, under ``train.select_score``. It reports, per figure,
@@ -18,7 +19,7 @@ little on the thread count, so a seed's figures can differ from the stage's (eve
 Writes section ``seed_sweep`` (or ``--section``) of ``reports/benchmarks.json``.
 
 Usage: ``python -m benchmarks.seed_sweep [--data data] [--params params.yaml] [--seeds 8]
-[--jobs 2] [-S key=value ...] [--section NAME]``.
+[--first-seed 0] [--jobs 2] [-S key=value ...] [--section NAME]``.
 """
 
 from __future__ import annotations
@@ -149,11 +150,12 @@ def threads_per_job(jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // jobs)
 
 
-def sweep(data: Path, params: Mapping[str, Any], seeds: int, jobs: int) -> list[dict[str, Any]]:
-    """Train seeds ``0 .. seeds-1``, ``jobs`` at a time; their results in seed order."""
+def sweep(data: Path, params: Mapping[str, Any], seeds: int, jobs: int, first: int = 0
+          ) -> list[dict[str, Any]]:
+    """Train seeds ``first .. first+seeds-1``, ``jobs`` at a time; their results in seed order."""
     threads = threads_per_job(jobs)
-    keys = figure_keys(seed_params(params, 0, threads))
-    work = [seed_params(params, s, threads) for s in range(seeds)]
+    keys = figure_keys(seed_params(params, first, threads))
+    work = [seed_params(params, s, threads) for s in range(first, first + seeds)]
     if jobs == 1:
         return [train_seed(str(data), p, keys) for p in work]
     context = multiprocessing.get_context("spawn")
@@ -166,6 +168,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--data", type=Path, default=Path("data"))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="train seeds FIRST .. FIRST+SEEDS-1 (extend an earlier sweep)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="a params override, as dvc exp run -S")
@@ -173,12 +177,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--section", default="seed_sweep")
     parser.add_argument("--out", type=Path, default=REPORT)
     args = parser.parse_args(argv)
-    if args.seeds < 1 or args.jobs < 1:
-        parser.error("--seeds and --jobs must be at least 1")
+    if args.seeds < 1 or args.jobs < 1 or args.first_seed < 0:
+        parser.error("--seeds and --jobs must be at least 1, --first-seed at least 0")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     params = apply_overrides(load_params(args.params), args.overrides)
     start = time.perf_counter()
-    runs = sweep(args.data, params, args.seeds, args.jobs)
+    runs = sweep(args.data, params, args.seeds, args.jobs, args.first_seed)
     result = {"overrides": list(args.overrides), "jobs": args.jobs, "runs": runs,
               "seconds": round(time.perf_counter() - start, 1),
               **summarise(runs, read_baseline(args.baselines))}

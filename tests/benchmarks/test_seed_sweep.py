@@ -57,18 +57,18 @@ def test_a_two_seed_sweep_reports_the_stage_runs(tiny_data: Path, tmp_path: Path
                                                     "val.f2v.match.k2.U.acc": 0.5}}))
     report = tmp_path / "benchmarks.json"
     S.main(["--data", str(tiny_data), "--params", str(tmp_path / "params.yaml"), "--seeds", "2",
-            "--jobs", "2", "-S", "lambda1=1.0", "--baselines", str(baselines),
+            "--first-seed", "1", "--jobs", "2", "-S", "lambda1=1.0", "--baselines", str(baselines),
             "--out", str(report)])
     section = json.loads(report.read_text())["seed_sweep"]
     assert section["overrides"] == ["lambda1=1.0"]
-    assert [r["seed"] for r in section["runs"]] == [0, 1]
+    assert [r["seed"] for r in section["runs"]] == [1, 2]
     keys = ["v2f.match.k2.U.acc", "f2v.match.k2.U.acc"]
     assert all(sorted(r["val"]) == sorted(keys) for r in section["runs"])
     # seed 1 is the train stage's own run with train.seed 1 (and the override): same figures
     direct = T.run(tiny_data, tmp_path / "models", tmp_path / "live",
                    {"model": TINY_MODEL, "lambdas": {**LAMBDAS, "lambda1": 1.0},
                     "train": {**train, "seed": 1, "resume": False, "threads": S.threads_per_job(2)}})
-    assert section["runs"][1]["val"] == S.selected_figures(direct, keys)
+    assert section["runs"][0]["val"] == S.selected_figures(direct, keys)
     for key in keys:
         row = section["figures"][key]
         values = [r["val"][key] for r in section["runs"]]

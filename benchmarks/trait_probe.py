@@ -1,0 +1,212 @@
+"""What an embedding keeps of each shared trait within a gender, against the raw features.
+
+The embedded corpus ties a voice to a face through gender and, within a gender, through the
+accent/appearance group, age and body size (docs/synthetic-corpus.md). ``synthetic/identities.csv``
+holds each identity's true traits. This probe asks, per modality, how much of each trait a
+linear read-out finds in:
+
+- ``h``: the checkpoint's embeddings (the evaluation views, as val embeds them);
+- ``cca``: the same after the checkpoint's CCA back-end (``model.backend: cca``), if it has one;
+- ``raw``: what the linear baseline reads (``benchmarks/linear_baseline.py``): the standardised
+  IS09 functionals for voices; for faces the whitened PCA of 16 x 16 block-averaged pixels plus
+  the 12 attribute probabilities.
+
+Each continuous trait is centred on its train mean per gender (so gender itself does not count),
+a ridge regression (``RidgeCV``) is fitted on the train items and its Pearson ``r`` with the
+trait is measured on the val items. The group is read by a logistic regression, reported as
+val accuracy beside the majority-group rate. Only train and val items are read (the items of
+their matching tuples); test stays unopened. Val has few identities, so an ``r`` carries about
+±0.15 of identity noise: read the pattern across rows.
+
+Usage: ``python -m benchmarks.trait_probe [--data data] [--checkpoint models/avmatch/best]
+[--truth data/raw/synthetic/identities.csv]``; writes the ``trait_probe`` section of
+``reports/benchmarks.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression, RidgeCV
+
+from benchmarks.common import REPORT, machine, update_report
+from benchmarks.linear_baseline import block_average
+from model.data import DataPaths, read_audio_attributes, read_face_attributes
+from model.stores import FaceStore
+from pipeline.common.directions import MODALITIES
+
+log = logging.getLogger("benchmarks.trait_probe")
+
+SECTION = "trait_probe"
+SPLITS = ("train", "val")
+TRAITS = ("age", "body", "skin", "grey", "face_width", "voice_f0_hz", "voice_vtl_cm")
+FACE_GRID = 16  # the linear baseline's block size
+FACE_PCA = 64  # the linear baseline's tuned face PCA size (reports/baselines.json)
+ALPHAS = np.logspace(-3, 5, 17)
+
+
+@dataclass
+class Rep:
+    """One representation of one modality's train and val items."""
+
+    x: dict[str, np.ndarray]  # split -> (n, d)
+    identity: dict[str, list[str]]  # split -> (n,) identity ids
+
+
+def read_truth(path: Path) -> pl.DataFrame:
+    """The generator's per-identity traits, with ``skin``: the mean of the skin's RGB."""
+    return pl.read_csv(path).with_columns(
+        ((pl.col("skin_r") + pl.col("skin_g") + pl.col("skin_b")) / 3).alias("skin"))
+
+
+def tuple_items(paths: DataPaths, split: str, modality: str) -> list[str]:
+    """Sorted ids of ``modality``'s items referenced by ``split``'s matching tuples."""
+    frame = pl.read_parquet(paths.tuple_table(split))
+    ids = set(frame["query_id"].to_list()) | set(frame["candidate_ids"].explode().to_list())
+    owned = set(pl.read_parquet(paths.items(modality), columns=["id"])["id"].to_list())
+    return sorted(ids & owned)
+
+
+def identity_of(ids: Sequence[str]) -> list[str]:
+    """Manifest ids start with the identity (``id10001/<video>/<item>``)."""
+    return [u.split("/", 1)[0] for u in ids]
+
+
+def within_gender_r(rep: Rep, truth: Mapping[str, Mapping[str, Any]], trait: str) -> float | None:
+    """Val Pearson ``r`` of a ridge read-out of ``trait`` (centred per gender on train)."""
+    y, g = {}, {}
+    for s in SPLITS:
+        y[s] = np.array([truth[i][trait] for i in rep.identity[s]], np.float64)
+        g[s] = np.array([truth[i]["gender"] for i in rep.identity[s]])
+    for gender in np.unique(g["train"]):
+        mean = y["train"][g["train"] == gender].mean()
+        for s in SPLITS:
+            y[s][g[s] == gender] -= mean
+    if y["train"].std() == 0 or y["val"].std() == 0:
+        return None
+    pred = RidgeCV(alphas=ALPHAS).fit(rep.x["train"], y["train"]).predict(rep.x["val"])
+    if pred.std() == 0:
+        return 0.0
+    return round(float(np.corrcoef(pred, y["val"])[0, 1]), 4)
+
+
+def group_accuracy(rep: Rep, truth: Mapping[str, Mapping[str, Any]]) -> dict[str, float | None]:
+    """Val accuracy of a logistic read-out of the group, and the majority group's val share."""
+    labels = {s: [truth[i]["group"] for i in rep.identity[s]] for s in SPLITS}
+    values, counts = np.unique(labels["val"], return_counts=True)
+    majority = round(float(counts.max() / counts.sum()), 4)
+    if len(set(labels["train"])) < 2:
+        return {"group_acc": None, "group_majority": majority}
+    clf = LogisticRegression(C=0.1, max_iter=5000).fit(rep.x["train"], labels["train"])
+    return {"group_acc": round(float(clf.score(rep.x["val"], labels["val"])), 4),
+            "group_majority": majority}
+
+
+def probe(rep: Rep, truth: Mapping[str, Mapping[str, Any]]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {t: within_gender_r(rep, truth, t) for t in TRAITS}
+    out.update(group_accuracy(rep, truth))
+    return out
+
+
+def _standardise(x: np.ndarray, train: np.ndarray) -> np.ndarray:
+    std = train.std(0)
+    return (x - train.mean(0)) / np.where(std > 0, std, 1.0)
+
+
+def raw_reps(paths: DataPaths, ids: Mapping[tuple[str, str], list[str]]) -> dict[str, Rep]:
+    """The linear baseline's inputs for the train and val items (PCA fitted on train)."""
+    voice = {}
+    for s in SPLITS:
+        table = read_audio_attributes(paths.audio_attributes, paths.audio_stats, ids[s, "voice"])
+        pos = {u: i for i, u in enumerate(table.ids)}
+        voice[s] = table.values[[pos[u] for u in ids[s, "voice"]]].astype(np.float64)
+    pixels, attrs = {}, {}
+    with FaceStore(paths.faces) as store:
+        for s in SPLITS:
+            rows = [store.index(u) for u in ids[s, "face"]]
+            pixels[s] = block_average(store.get_many(rows), FACE_GRID).astype(np.float64)
+    for s in SPLITS:
+        table = read_face_attributes(paths.face_attributes, "prob", ids[s, "face"])
+        pos = {u: i for i, u in enumerate(table.ids)}
+        attrs[s] = table.values[[pos[u] for u in ids[s, "face"]]].astype(np.float64)
+    size = min(FACE_PCA, len(pixels["train"]) - 1)
+    pca = PCA(size, whiten=True, svd_solver="full", random_state=0)
+    pca.fit(_standardise(pixels["train"], pixels["train"]))
+    face = {s: np.hstack([pca.transform(_standardise(pixels[s], pixels["train"])),
+                          _standardise(attrs[s], attrs["train"])]) for s in SPLITS}
+    return {"voice": Rep(voice, {s: identity_of(ids[s, "voice"]) for s in SPLITS}),
+            "face": Rep(face, {s: identity_of(ids[s, "face"]) for s in SPLITS})}
+
+
+def network_reps(paths: DataPaths, checkpoint: Path, ids: Mapping[tuple[str, str], list[str]]
+                 ) -> dict[str, dict[str, Rep]]:
+    """``{"h": ..., "cca": ...}`` per modality: the checkpoint's embeddings of the items."""
+    import torch
+
+    from model.data import FeatureSource
+    from model.scoring import embed_items
+    from pipeline.evaluate import load_network
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    net, meta = load_network(checkpoint, device)
+    source = FeatureSource.from_state(paths, meta["data"])
+    out: dict[str, dict[str, Rep]] = {}
+    for m in MODALITIES:
+        h, cca, identity = {}, {}, {}
+        for s in SPLITS:
+            emb = embed_items(net, source, m, ids[s, m], device=device)
+            if emb.ids != ids[s, m]:
+                raise ValueError(f"{s} {m}: the stores lack {len(ids[s, m]) - len(emb.ids)} items")
+            h[s] = emb.h.double().cpu().numpy()
+            if net.backend is not None and net.backend.is_fitted:
+                cca[s] = net.backend.project(m, emb.h).double().cpu().numpy()
+            identity[s] = emb.identity_ids
+        out[m] = {"h": Rep(h, identity)}
+        if cca:
+            out[m]["cca"] = Rep(cca, identity)
+    return out
+
+
+def run(paths: DataPaths, checkpoint: Path, truth_path: Path) -> dict[str, Any]:
+    truth = {r["voxceleb_id"]: r for r in read_truth(truth_path).iter_rows(named=True)}
+    ids = {(s, m): tuple_items(paths, s, m) for s in SPLITS for m in MODALITIES}
+    reps = network_reps(paths, checkpoint, ids)
+    for m, rep in raw_reps(paths, ids).items():
+        reps[m]["raw"] = rep
+    report: dict[str, Any] = {"checkpoint": str(checkpoint), "machine": machine()}
+    for m in MODALITIES:
+        report[m] = {name: probe(rep, truth) for name, rep in reps[m].items()}
+    report["items"] = {f"{s}.{m}": len(ids[s, m]) for s in SPLITS for m in MODALITIES}
+    report["identities"] = {s: len(set(identity_of(ids[s, "voice"]))) for s in SPLITS}
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("data"))
+    parser.add_argument("--checkpoint", type=Path, default=Path("models/avmatch/best"))
+    parser.add_argument("--truth", type=Path, default=None,
+                        help="identities.csv of the generator (default <data>/raw/synthetic/)")
+    parser.add_argument("--section", default=SECTION)
+    parser.add_argument("--out", type=Path, default=REPORT)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    truth = args.truth or args.data / "raw" / "synthetic" / "identities.csv"
+    report = run(DataPaths.under(args.data), args.checkpoint, truth)
+    update_report(args.section, report, path=args.out)
+    for m in MODALITIES:
+        for name, row in report[m].items():
+            log.info("%s %s: %s", m, name, ", ".join(f"{k} {v}" for k, v in row.items()))
+    return report
+
+
+if __name__ == "__main__":
+    main()

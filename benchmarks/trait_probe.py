@@ -75,9 +75,10 @@ def tuple_items(paths: DataPaths, split: str, modality: str) -> list[str]:
     return sorted(ids & owned)
 
 
-def identity_of(ids: Sequence[str]) -> list[str]:
-    """Manifest ids start with the identity (``id10001/<video>/<item>``)."""
-    return [u.split("/", 1)[0] for u in ids]
+def identities_of(paths: DataPaths, modality: str, ids: Sequence[str]) -> list[str]:
+    """The manifest identity of each item."""
+    owner = dict(pl.read_parquet(paths.items(modality), columns=["id", "identity"]).iter_rows())
+    return [owner[u] for u in ids]
 
 
 def within_gender_r(rep: Rep, truth: Mapping[str, Mapping[str, Any]], trait: str) -> float | None:
@@ -142,8 +143,8 @@ def raw_reps(paths: DataPaths, ids: Mapping[tuple[str, str], list[str]]) -> dict
     pca.fit(_standardise(pixels["train"], pixels["train"]))
     face = {s: np.hstack([pca.transform(_standardise(pixels[s], pixels["train"])),
                           _standardise(attrs[s], attrs["train"])]) for s in SPLITS}
-    return {"voice": Rep(voice, {s: identity_of(ids[s, "voice"]) for s in SPLITS}),
-            "face": Rep(face, {s: identity_of(ids[s, "face"]) for s in SPLITS})}
+    return {m: Rep(x, {s: identities_of(paths, m, ids[s, m]) for s in SPLITS})
+            for m, x in (("voice", voice), ("face", face))}
 
 
 def network_reps(paths: DataPaths, checkpoint: Path, ids: Mapping[tuple[str, str], list[str]]
@@ -185,7 +186,7 @@ def run(paths: DataPaths, checkpoint: Path, truth_path: Path) -> dict[str, Any]:
     for m in MODALITIES:
         report[m] = {name: probe(rep, truth) for name, rep in reps[m].items()}
     report["items"] = {f"{s}.{m}": len(ids[s, m]) for s in SPLITS for m in MODALITIES}
-    report["identities"] = {s: len(set(identity_of(ids[s, "voice"]))) for s in SPLITS}
+    report["identities"] = {s: len(set(reps["voice"]["raw"].identity[s])) for s in SPLITS}
     return report
 
 

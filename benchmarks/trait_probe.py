@@ -67,18 +67,17 @@ def read_truth(path: Path) -> pl.DataFrame:
         ((pl.col("skin_r") + pl.col("skin_g") + pl.col("skin_b")) / 3).alias("skin"))
 
 
-def tuple_items(paths: DataPaths, split: str, modality: str) -> list[str]:
-    """Sorted ids of ``modality``'s items referenced by ``split``'s matching tuples."""
-    frame = pl.read_parquet(paths.tuple_table(split))
+def item_owners(paths: DataPaths, modality: str) -> dict[str, str]:
+    """Each manifest item's identity."""
+    return dict(pl.read_parquet(paths.items(modality), columns=["id", "identity"]).iter_rows())
+
+
+def tuple_items(paths: DataPaths, split: str, owners: Mapping[str, Mapping[str, str]]
+                ) -> dict[str, list[str]]:
+    """Per modality, the sorted ids of the items ``split``'s matching tuples reference."""
+    frame = pl.read_parquet(paths.tuple_table(split), columns=["query_id", "candidate_ids"])
     ids = set(frame["query_id"].to_list()) | set(frame["candidate_ids"].explode().to_list())
-    owned = set(pl.read_parquet(paths.items(modality), columns=["id"])["id"].to_list())
-    return sorted(ids & owned)
-
-
-def identities_of(paths: DataPaths, modality: str, ids: Sequence[str]) -> list[str]:
-    """The manifest identity of each item."""
-    owner = dict(pl.read_parquet(paths.items(modality), columns=["id", "identity"]).iter_rows())
-    return [owner[u] for u in ids]
+    return {m: sorted(ids & owners[m].keys()) for m in MODALITIES}
 
 
 def within_gender_r(rep: Rep, truth: Mapping[str, Mapping[str, Any]], trait: str) -> float | None:
@@ -102,7 +101,7 @@ def within_gender_r(rep: Rep, truth: Mapping[str, Mapping[str, Any]], trait: str
 def group_accuracy(rep: Rep, truth: Mapping[str, Mapping[str, Any]]) -> dict[str, float | None]:
     """Val accuracy of a logistic read-out of the group, and the majority group's val share."""
     labels = {s: [truth[i]["group"] for i in rep.identity[s]] for s in SPLITS}
-    values, counts = np.unique(labels["val"], return_counts=True)
+    _, counts = np.unique(labels["val"], return_counts=True)
     majority = round(float(counts.max() / counts.sum()), 4)
     if len(set(labels["train"])) < 2:
         return {"group_acc": None, "group_majority": majority}
@@ -122,7 +121,8 @@ def _standardise(x: np.ndarray, train: np.ndarray) -> np.ndarray:
     return (x - train.mean(0)) / np.where(std > 0, std, 1.0)
 
 
-def raw_reps(paths: DataPaths, ids: Mapping[tuple[str, str], list[str]]) -> dict[str, Rep]:
+def raw_reps(paths: DataPaths, ids: Mapping[tuple[str, str], list[str]],
+             owners: Mapping[str, Mapping[str, str]]) -> dict[str, Rep]:
     """The linear baseline's inputs for the train and val items (PCA fitted on train)."""
     voice = {}
     for s in SPLITS:
@@ -143,7 +143,7 @@ def raw_reps(paths: DataPaths, ids: Mapping[tuple[str, str], list[str]]) -> dict
     pca.fit(_standardise(pixels["train"], pixels["train"]))
     face = {s: np.hstack([pca.transform(_standardise(pixels[s], pixels["train"])),
                           _standardise(attrs[s], attrs["train"])]) for s in SPLITS}
-    return {m: Rep(x, {s: identities_of(paths, m, ids[s, m]) for s in SPLITS})
+    return {m: Rep(x, {s: [owners[m][u] for u in ids[s, m]] for s in SPLITS})
             for m, x in (("voice", voice), ("face", face))}
 
 
@@ -178,9 +178,10 @@ def network_reps(paths: DataPaths, checkpoint: Path, ids: Mapping[tuple[str, str
 
 def run(paths: DataPaths, checkpoint: Path, truth_path: Path) -> dict[str, Any]:
     truth = {r["voxceleb_id"]: r for r in read_truth(truth_path).iter_rows(named=True)}
-    ids = {(s, m): tuple_items(paths, s, m) for s in SPLITS for m in MODALITIES}
+    owners = {m: item_owners(paths, m) for m in MODALITIES}
+    ids = {(s, m): items for s in SPLITS for m, items in tuple_items(paths, s, owners).items()}
     reps = network_reps(paths, checkpoint, ids)
-    for m, rep in raw_reps(paths, ids).items():
+    for m, rep in raw_reps(paths, ids, owners).items():
         reps[m]["raw"] = rep
     report: dict[str, Any] = {"checkpoint": str(checkpoint), "machine": machine()}
     for m in MODALITIES:

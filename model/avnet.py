@@ -120,6 +120,7 @@ class ModelConfig:
     adv_weight: float = 1.0  # weight of the generator's adversarial term (1 in Eq. 10)
     generator_adv: str = "negate"  # negate (Eq. 10: -L_dis) | flip (swapped modality labels)
     # -- metric learning (AML Eq. 4-5, P2VANet Eq. 15-16) -------------------------------------
+    metric_negatives: str = "tuple"  # tuple (Eq. 5) | batch: the batch's other-identity candidates
     margin: float = 1.0  # lifted-structure margin (AML lambda, P2VANet theta); triplet margin
     rll_margin: float = 0.4  # ranked list loss: margin m
     rll_alpha: float = 1.2  # ranked list loss: negative boundary alpha
@@ -149,6 +150,8 @@ class ModelConfig:
     ct_mlp_ratio: float = 2.0
     att_reduction: int = 4  # channel-attention reduction of private=attention
     public_reduction: str = "mean"  # mean (over a tuple's items) | sum (Eq. 13-14 as written)
+    identity_weight: float = 0.0  # > 0: a train-identity softmax on h of both modalities (not in
+    #                               the papers), added to Eq. 18 with this weight
     # -- loss weighting and the papers' ambiguities ------------------------------------------
     loss_weighting: str = "p2vanet"  # p2vanet (Eq. 18) | aml (Eq. 9: beta, gamma)
     aml_weights: str = "iii_g"  # iii_g: {lambda,beta,gamma} = {1,3,2} | iv_g: {1,2,3}
@@ -166,7 +169,8 @@ class ModelConfig:
                               ("generator_norm", GENERATOR_NORMS),
                               ("vae_downstream", VAE_DOWNSTREAM),
                               ("public_reduction", ITEM_REDUCTIONS),
-                              ("token_init", TOKEN_INITS)):
+                              ("token_init", TOKEN_INITS),
+                              ("metric_negatives", ("tuple", "batch"))):
             _check(name, getattr(self, name), choices)
         for head in self.heads:
             _check("heads[]", head, HEADS)
@@ -221,6 +225,7 @@ class InputDims:
     n_audio_attr: int = 384  # IS09 functionals
     n_face_attr: int = 12  # face attributes
     n_gender: int = 2
+    n_identity: int = 2  # training-split identities (model.identity_weight's classifier)
     n_nation: int = 2  # training-split nationality classes (rare ones pooled into "other")
 
 
@@ -283,6 +288,7 @@ class LearningRates:
 PARAM_GROUP = {"branches": "branches", "generators": "generator", "vaes": "vae",
                "private": "private", "match_head": "heads", "verify_head": "heads",
                "retrieval_head": "heads", "gender_head": "gender", "nation_head": "nation",
+               "identity_head": "heads",
                "discriminator": "discriminator",
                "backend": "backend"}  # the CCA back-end: buffers only, fitted, never optimised
 
@@ -425,6 +431,7 @@ class AVMatchNet(nn.Module):
         public = PUBLIC_HEADS[cfg.public]
         self.gender_head = nn.Linear(d, dims.n_gender) if "gender" in public else None
         self.nation_head = nn.Linear(d, dims.n_nation) if "nation" in public else None
+        self.identity_head = nn.Linear(d, dims.n_identity) if cfg.identity_weight > 0 else None
         self.discriminator = (Discriminator(d, cfg.discriminator_hidden)
                               if cfg.adversarial != "none" else None)
         self.backend = CCABackend(d, cfg.backend_ridge) if cfg.backend == "cca" else None
@@ -503,7 +510,11 @@ class AVMatchNet(nn.Module):
         """``L_metric`` (AML Eq. 4-5 / P2VANet Eq. 15-16, or AML Table IX's alternatives)."""
         kind, label = self.cfg.metric, batch["label"]
         if kind == "lifted":
-            return lifted_structure_loss(out.query, out.candidates, label, self.cfg.margin)
+            ids = None
+            if self.cfg.metric_negatives == "batch":
+                ids = (batch[f"{out.query_modality}_identity"][:, 0],  # (B, 1) -> (B,)
+                       batch[f"{out.candidate_modality}_identity"])  # (B, k)
+            return lifted_structure_loss(out.query, out.candidates, label, self.cfg.margin, ids)
         if kind == "triplet":
             return triplet_loss(out.query, out.candidates, label, self.cfg.margin)
         if kind == "ranked_list":
@@ -568,8 +579,12 @@ class AVMatchNet(nn.Module):
             if head is not None:
                 terms[name] = per_tuple_ce(head(out.h_all), _item_labels(batch, name),
                                            self.cfg.public_reduction)
-        total = sum(coef[n] * terms[n] for n in ("metric", "rec", "cls", "gender", "nation")
-                    if n in terms)
+        if self.identity_head is not None:
+            terms["identity"] = per_tuple_ce(self.identity_head(out.h_all),
+                                             _item_labels(batch, "identity"), "mean")
+        coef["identity"] = self.cfg.identity_weight
+        total = sum(coef[n] * terms[n] for n in ("metric", "rec", "cls", "gender", "nation",
+                                                 "identity") if n in terms)
         if self.discriminator is not None:
             logits = self._discriminate(out.h_all, detach_params=True)  # (B, n, 2)
             terms["dis"] = discriminator_loss(logits, out.modality, self.cfg.adversarial)

@@ -447,7 +447,7 @@ class FeatureSource:
         return {"n_bins": self.voice_store.n_bins, "frames": self.voice_store.frames,
                 "face_size": self.face_store.size, "n_audio_attr": len(audio_names),
                 "n_face_attr": len(face.names), "n_gender": self.labels.n_gender,
-                "n_nation": self.labels.n_nation}
+                "n_nation": self.labels.n_nation, "n_identity": self.labels.n_identities}
 
     def _attributes(self, modality: str, ids: Sequence[str]) -> AttributeTable:
         if modality == "voice":

@@ -70,7 +70,8 @@ def _distance() -> LpDistance:
 
 
 def lifted_structure_loss(query: Tensor, candidates: Tensor, label: Tensor,
-                          margin: float = 1.0) -> Tensor:
+                          margin: float = 1.0, identities: tuple[Tensor, Tensor] | None = None
+                          ) -> Tensor:
     """Lifted structured loss of AML Eq. 4-5 (P2VANet Eq. 15-16).
 
     ``J_i = log(sum_j exp(margin - d(h_i0, h_ij)) + sum_q exp(margin - d(h_i1, h_iq))) + d(h_i0,
@@ -86,15 +87,26 @@ def lifted_structure_loss(query: Tensor, candidates: Tensor, label: Tensor,
     distances (no positive-to-negative ones) and compares the positive's index in the reference
     set with anchor indices. Tuples with ``k < 2`` have no negatives; the loss is 0 for them
     (``log`` of an empty sum is ``-inf``).
+
+    ``identities = (query_ids (B,), candidate_ids (B, k))`` (``model.metric_negatives: batch``)
+    widens both sums from the tuple's negatives to every candidate of the batch whose identity
+    differs from the query's (Song et al.'s lifted structure over the batch); ``None``: Eq. 5.
     """
     b, k, _ = candidates.shape
     if k < 2:
         return candidates.sum() * 0.0
     idx = tuple_indices(label, k)
-    neg = idx["negatives"]  # (B, k-1)
-    a2 = torch.cat([idx["anchor"][:, None].expand_as(neg), idx["positive"][:, None].expand_as(neg)],
-                   dim=1).reshape(-1)  # (B * 2(k-1),)
-    n = torch.cat([neg, neg], dim=1).reshape(-1)  # (B * 2(k-1),)
+    if identities is None:
+        neg = idx["negatives"]  # (B, k-1)
+        a2 = torch.cat([idx["anchor"][:, None].expand_as(neg),
+                        idx["positive"][:, None].expand_as(neg)], dim=1).reshape(-1)  # (B*2(k-1),)
+        n = torch.cat([neg, neg], dim=1).reshape(-1)  # (B * 2(k-1),)
+    else:
+        q_id, c_id = identities
+        other = c_id.reshape(1, b * k) != q_id[:, None]  # (B, B*k)
+        row, col = other.nonzero(as_tuple=True)  # (P,) tuple and candidate of each negative
+        n = (b + col).repeat(2)  # (2P,): rows of the negatives, for the anchor then the positive
+        a2 = torch.cat([idx["anchor"][row], idx["positive"][row]])  # (2P,)
     loss = LiftedStructureLoss(neg_margin=margin, pos_margin=0.0, distance=_distance(),
                                reducer=MeanReducer())
     return loss(_flatten_tuples(query, candidates), None,

@@ -22,7 +22,7 @@ from model.avnet import (
 from pipeline.common.config import ConfigError, build
 
 DIMS = InputDims(n_bins=32, frames=24, face_size=16, n_audio_attr=24, n_face_attr=12,
-                 n_gender=2, n_nation=3)
+                 n_gender=2, n_nation=3, n_identity=5)
 TINY = dict(embed_dim=16, audio_channels=[4, 4, 4, 4, 4], face_channels=[4, 4, 4, 4, 4],
             audio_strides=[[2, 2], [2, 2], [1, 1], [1, 1], [1, 1]],
             face_strides=[[2, 2], [1, 1], [1, 1], [1, 1], [1, 1]], pool_size=[3, 3],
@@ -44,6 +44,8 @@ SWITCHES = {
     "vae_downstream": ["sample", "mean"],
     "public_reduction": ["sum", "mean"],
     "token_init": ["balanced", "glorot"],
+    "metric_negatives": ["tuple", "batch"],
+    "identity_weight": [0.0, 1.0],
 }
 SETTINGS = [(k, v) for k, values in SWITCHES.items() for v in values]
 
@@ -109,8 +111,10 @@ def test_forward_backward_every_switch(switch, value, direction):
     assert ("gender" in terms) == (cfg.public in ("gender", "both"))
     assert ("nation" in terms) == (cfg.public in ("nation", "both"))
     assert ("dis" in terms and "adv" in terms) == (cfg.adversarial != "none")
+    assert ("identity" in terms) == (cfg.identity_weight > 0)
     assert {"cls_match", "cls_verify", "cls_retrieve", "cls"} <= set(terms)
-    for name in ("branches", "generators", "vaes", "private", "gender_head", "nation_head"):
+    for name in ("branches", "generators", "vaes", "private", "gender_head", "nation_head",
+                 "identity_head"):
         module = getattr(model, name)
         if module is not None and any(True for _ in module.parameters()):
             assert grad_norm(module) > 0, f"{name} received no gradient"
@@ -128,6 +132,36 @@ def test_total_is_eq18_weighted_sum():
     assert terms["cls"].item() == pytest.approx(
         (terms["cls_match"] + terms["cls_verify"] + terms["cls_retrieve"]).item(), rel=1e-6)
     assert terms["rec"].item() == pytest.approx((terms["rec_voice"] + terms["rec_face"]).item())
+
+
+def test_identity_term_is_the_item_mean_cross_entropy_and_weighted():
+    model = tiny_model(identity_weight=0.5)
+    batch = make_batch("f2v", b=2, k=3)
+    out = model.encode(batch)
+    terms = model.generator_losses(batch, LossWeights(), out=out)
+    ids = torch.cat([batch["voice_identity"], batch["face_identity"]], dim=1)  # (B, n)
+    logits = model.identity_head(out.h_all).flatten(0, 1)  # (B, n, C) -> (B*n, C)
+    ce = nn.functional.cross_entropy(logits, ids.flatten())  # (B, n) -> (B*n,)
+    assert terms["identity"].item() == pytest.approx(ce.item(), rel=1e-5)
+    coef = LossWeights().coefficients(model.cfg)
+    expected = sum(coef[n] * terms[n] for n in ("metric", "rec", "cls", "gender", "nation"))
+    assert terms["total"].item() == pytest.approx(
+        (expected + 0.5 * terms["identity"] + terms["adv"]).item(), rel=1e-5)
+    assert tiny_model().identity_head is None
+
+
+def test_batch_negatives_reach_other_tuples():
+    """``metric_negatives: batch`` changes L_metric only through other tuples' candidates."""
+    batch = make_batch("v2f", b=3, k=2)
+    tuple_loss = tiny_model().eval().generator_losses(batch)["metric"]
+    batch_loss = tiny_model(metric_negatives="batch").eval().generator_losses(batch)["metric"]
+    assert batch_loss.item() > tuple_loss.item()
+    one = {k: (v[:1] if torch.is_tensor(v) else v) for k, v in batch.items()}
+    one["face_identity"] = torch.tensor([[0, 1]])
+    one["voice_identity"] = torch.tensor([[one["label"].item()]])
+    a = tiny_model().eval().generator_losses(one)["metric"]
+    b = tiny_model(metric_negatives="batch").eval().generator_losses(one)["metric"]
+    assert a.item() == pytest.approx(b.item(), rel=1e-6)  # one tuple: Eq. 5 exactly
 
 
 def test_classification_losses_eq6_to_8():

@@ -331,6 +331,7 @@ def test_raw_db_store_gets_train_statistics_and_the_state_round_trips(paths: Dat
     assert restored.labels == aml.labels and restored.spec_norm == aml.spec_norm
     assert state["input_dims"] == {"n_bins": 224, "frames": 125, "face_size": 64,
                                    "n_audio_attr": 384, "n_face_attr": 12, "n_gender": 2,
-                                   "n_nation": aml.labels.n_nation}
+                                   "n_nation": aml.labels.n_nation,
+                                   "n_identity": aml.labels.n_identities}
     with pytest.raises(ValueError, match="normalization"):
         FeatureSource(aml_paths, aml.labels, None)  # raw dB without statistics

@@ -73,6 +73,27 @@ def test_lifted_uses_positive_negatives():
     assert lifted_structure_loss(query, far, label).item() < base
 
 
+def test_lifted_batch_negatives_by_hand():
+    """``model.metric_negatives: batch``: Eq. 5's sums run over every candidate of the batch whose
+    identity differs from the query's (Song et al.'s lifted structure over the batch)."""
+    query, candidates, label = two_tuples()
+    q_id = torch.tensor([7, 8])
+    c_id = torch.tensor([[1, 7, 8], [8, 2, 7]])  # tuple 0's third candidate is tuple 1's identity
+    loss = lifted_structure_loss(query, candidates, label, 1.0, (q_id, c_id))
+    flat = candidates.detach().reshape(6, 2)  # (2, 3, 2) -> (6, 2)
+    ids = c_id.reshape(6)  # (2, 3) -> (6,)
+    expected = 0.0
+    for i in range(2):
+        anchor, pos = query[i].detach(), candidates[i, label[i]].detach()
+        negs = flat[ids != q_id[i]]
+        terms = [1.0 - torch.dist(x, n).item() for x in (anchor, pos) for n in negs]
+        j = math.log(sum(math.exp(t) for t in terms)) + torch.dist(anchor, pos).item()
+        expected += max(0.0, j) ** 2
+    assert loss.item() == pytest.approx(expected / 4, rel=1e-5)
+    # the tuple scope (Eq. 5) differs: it ignores tuple 1's candidates for tuple 0
+    assert lifted_structure_loss(query, candidates, label).item() != pytest.approx(loss.item())
+
+
 def test_lifted_zero_without_negatives():
     query, candidates, label = two_tuples()
     loss = lifted_structure_loss(query, candidates[:, :1], torch.zeros(2, dtype=torch.long))

@@ -49,7 +49,7 @@ def test_generator_norm_unknown_raises():
 
 
 def _mean_pairwise_cosine(h):
-    h = torch.nn.functional.normalize(h, dim=-1)
+    h = torch.nn.functional.normalize(h.detach(), dim=-1)
     n = h.shape[0]
     return float(((h @ h.T).sum() - n) / (n * (n - 1)))
 

@@ -38,7 +38,7 @@ from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression, RidgeCV
 
 from benchmarks.common import REPORT, machine, update_report
-from benchmarks.linear_baseline import block_average
+from benchmarks.linear_baseline import BaselineConfig, _standardise, block_average
 from model.data import DataPaths, read_audio_attributes, read_face_attributes
 from model.stores import FaceStore
 from pipeline.common.directions import MODALITIES
@@ -48,7 +48,7 @@ log = logging.getLogger("benchmarks.trait_probe")
 SECTION = "trait_probe"
 SPLITS = ("train", "val")
 TRAITS = ("age", "body", "skin", "grey", "face_width", "voice_f0_hz", "voice_vtl_cm")
-FACE_GRID = 16  # the linear baseline's block size
+FACE_GRID = BaselineConfig().face_grid  # the linear baseline's block size
 FACE_PCA = 64  # the linear baseline's tuned face PCA size (reports/baselines.json)
 ALPHAS = np.logspace(-3, 5, 17)
 
@@ -116,9 +116,12 @@ def probe(rep: Rep, truth: Mapping[str, Mapping[str, Any]]) -> dict[str, float |
     return out
 
 
-def _standardise(x: np.ndarray, train: np.ndarray) -> np.ndarray:
-    std = train.std(0)
-    return (x - train.mean(0)) / np.where(std > 0, std, 1.0)
+def _standardise_splits(x: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each split of ``x`` standardised with the train split's statistics."""
+    stacked = np.concatenate([x[s] for s in SPLITS])  # (n_train + n_val, d)
+    train = np.arange(len(stacked)) < len(x["train"])
+    scaled = _standardise(stacked, train)
+    return {"train": scaled[train], "val": scaled[~train]}
 
 
 def raw_reps(paths: DataPaths, ids: Mapping[tuple[str, str], list[str]],
@@ -138,11 +141,10 @@ def raw_reps(paths: DataPaths, ids: Mapping[tuple[str, str], list[str]],
         table = read_face_attributes(paths.face_attributes, "prob", ids[s, "face"])
         pos = {u: i for i, u in enumerate(table.ids)}
         attrs[s] = table.values[[pos[u] for u in ids[s, "face"]]].astype(np.float64)
+    pixels, attrs = _standardise_splits(pixels), _standardise_splits(attrs)
     size = min(FACE_PCA, len(pixels["train"]) - 1)
-    pca = PCA(size, whiten=True, svd_solver="full", random_state=0)
-    pca.fit(_standardise(pixels["train"], pixels["train"]))
-    face = {s: np.hstack([pca.transform(_standardise(pixels[s], pixels["train"])),
-                          _standardise(attrs[s], attrs["train"])]) for s in SPLITS}
+    pca = PCA(size, whiten=True, svd_solver="full", random_state=0).fit(pixels["train"])
+    face = {s: np.hstack([pca.transform(pixels[s]), attrs[s]]) for s in SPLITS}
     return {m: Rep(x, {s: [owners[m][u] for u in ids[s, m]] for s in SPLITS})
             for m, x in (("voice", voice), ("face", face))}
 

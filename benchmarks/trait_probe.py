@@ -7,6 +7,9 @@ linear read-out finds in:
 
 - ``h``: the checkpoint's embeddings (the evaluation views, as val embeds them);
 - ``cca``: the same after the checkpoint's CCA back-end (``model.backend: cca``), if it has one;
+- ``branch``, ``feature``, ``z``: the stages before ``h`` on the same views (:data:`STAGES`): the
+  conv branch's pooled 3200-d output, the generator's 128-d ``f`` and the VAE's mean ``z`` (when
+  the checkpoint has a VAE), so that a trait's loss can be placed in the module that drops it;
 - ``raw``: what the linear baseline reads (``benchmarks/linear_baseline.py``): the standardised
   IS09 functionals for voices; for faces the whitened PCA of 16 x 16 block-averaged pixels plus
   the 12 attribute probabilities.
@@ -149,32 +152,67 @@ def raw_reps(paths: DataPaths, ids: Mapping[tuple[str, str], list[str]],
             for m, x in (("voice", voice), ("face", face))}
 
 
+STAGES = ("branch", "feature", "z", "h")  # the network's path, in order (docs/model.md "Data flow")
+
+
+def stage_views(net: Any, modality: str, x: Any, attr: Any) -> dict[str, Any]:
+    """Each stage of the embedding path for ``N`` items seen in ``V`` fixed views
+    (``x (V, N, C, H, W)``, as :meth:`AVMatchNet.embed_views` takes them): the conv branch's
+    pooled output (3200-d), the generator's ``f`` (Eq. 1-2), the VAE's ``z`` (Eq. 1, the mean
+    that goes on; absent without a VAE) and ``h``, each the mean over the views ``(N, d)``
+    (``h`` exactly as :meth:`embed_views` gives it)."""
+    from model.avnet import view_mean
+
+    v, n = x.shape[:2]
+    flat = x.reshape(v * n, *x.shape[2:])  # (V, N, C, H, W) -> (V*N, C, H, W)
+    rep = None if attr is None else attr.repeat(v, 1)  # (N, A) -> (V*N, A)
+    seen: dict[str, Any] = {}
+    hook = net.branches[modality].register_forward_hook(lambda _m, _i, out: seen.update(branch=out))
+    try:
+        emb = net.embed(modality, flat, rep)
+    finally:
+        hook.remove()
+    stages = {"branch": seen["branch"], "feature": emb.feature}
+    if emb.vae is not None:
+        stages["z"] = emb.z
+    out = {k: view_mean(t, v) for k, t in stages.items()}  # (V*N, d) -> (N, d)
+    out["h"] = view_mean(emb.h, v, net.cfg.normalize_embedding)
+    return out
+
+
 def network_reps(paths: DataPaths, checkpoint: Path, ids: Mapping[tuple[str, str], list[str]]
                  ) -> dict[str, dict[str, Rep]]:
-    """``{"h": ..., "cca": ...}`` per modality: the checkpoint's embeddings of the items."""
+    """Per modality, the checkpoint's representations of the items: each stage of
+    :data:`STAGES` the network has, and ``cca`` (``h`` after the back-end) when fitted."""
     import torch
 
-    from model.data import FeatureSource
-    from model.scoring import embed_items
+    from model.data import FeatureSource, iter_items
     from pipeline.evaluate import load_network
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net, meta = load_network(checkpoint, device)
+    net.eval()
     source = FeatureSource.from_state(paths, meta["data"])
+    bank = {m: {s: source.bank(m, ids[s, m]).identity_ids for s in SPLITS} for m in MODALITIES}
     out: dict[str, dict[str, Rep]] = {}
     for m in MODALITIES:
-        h, cca, identity = {}, {}, {}
+        parts: dict[str, dict[str, list[np.ndarray]]] = {}
         for s in SPLITS:
-            emb = embed_items(net, source, m, ids[s, m], device=device)
-            if emb.ids != ids[s, m]:
-                raise ValueError(f"{s} {m}: the stores lack {len(ids[s, m]) - len(emb.ids)} items")
-            h[s] = emb.h.double().cpu().numpy()
-            if net.backend is not None and net.backend.is_fitted:
-                cca[s] = net.backend.project(m, emb.h).double().cpu().numpy()
-            identity[s] = emb.identity_ids
-        out[m] = {"h": Rep(h, identity)}
-        if cca:
-            out[m]["cca"] = Rep(cca, identity)
+            kept = []
+            for batch in iter_items(source, m, ids[s, m], 256, crops=net.cfg.eval_voice_crops,
+                                    flip=net.cfg.eval_face_flip):
+                attr = batch["attr"].to(device)
+                with torch.no_grad():
+                    views = stage_views(net, m, batch["x"].to(device), attr)
+                    if net.backend is not None and net.backend.is_fitted:
+                        views["cca"] = net.backend.project(m, views["h"])
+                for name, t in views.items():
+                    parts.setdefault(name, {}).setdefault(s, []).append(t.double().cpu().numpy())
+                kept += batch["ids"]
+            if kept != ids[s, m]:
+                raise ValueError(f"{s} {m}: the stores lack {len(ids[s, m]) - len(kept)} items")
+        out[m] = {name: Rep({s: np.concatenate(x[s]) for s in SPLITS}, bank[m])
+                  for name, x in parts.items()}
     return out
 
 

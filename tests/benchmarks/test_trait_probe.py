@@ -12,6 +12,7 @@ import pytest
 from benchmarks import trait_probe as P
 from model import trainer as T
 from model.data import DataPaths
+from tests.model.test_avnet import DIMS, tiny_model
 from tests.model.test_trainer import params
 
 
@@ -52,6 +53,30 @@ def test_traits_are_centred_per_gender_so_gender_alone_reads_nothing() -> None:
     assert abs(P.within_gender_r(gender_only, truth, "age")) < 0.3
 
 
+@pytest.mark.parametrize("vae", ["both", "none"])
+def test_stage_views_follow_the_network_path_and_end_at_embed_views(vae: str) -> None:
+    """Each stage is the view mean of what the module before it gives, ``h`` is exactly
+    ``embed_views``'s, and a network without a VAE has no ``z``."""
+    import torch
+
+    model = tiny_model(vae=vae).eval()
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 4, 3, DIMS.face_size, DIMS.face_size, generator=g)  # (V, N, 3, S, S)
+    attr = torch.rand(4, DIMS.n_face_attr, generator=g)
+    with torch.no_grad():
+        stages = P.stage_views(model, "face", x, attr)
+        assert list(stages) == [s for s in P.STAGES if vae != "none" or s != "z"]
+        assert torch.equal(stages["h"], model.embed_views("face", x, attr))
+        branch = torch.stack([model.branches["face"](x[v]) for v in range(2)])  # (V, N, 3200-like)
+        torch.testing.assert_close(stages["branch"], branch.mean(0))
+        feature = torch.stack([model.generator("face")(b) for b in branch]).mean(0)
+        torch.testing.assert_close(stages["feature"], feature)
+        if vae != "none":
+            mu = torch.stack([model.embed("face", x[v], attr).z for v in range(2)]).mean(0)
+            torch.testing.assert_close(stages["z"], mu)
+    assert stages["branch"].shape == (4, model.branches["face"].num_features)
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("probe_model")
@@ -74,7 +99,8 @@ def test_a_probe_of_a_trained_checkpoint_on_the_tiny_corpus(tiny_data: Path, tin
         for m in ("voice", "face"):
             assert report["items"][f"{s}.{m}"] == len(items[m]) > 0
     for m in ("voice", "face"):
-        assert set(report[m]) == {"h", "cca", "raw"}  # the tiny model has the CCA back-end
+        # every stage of the tiny model's path (it has both VAEs and the CCA back-end)
+        assert set(report[m]) == {*P.STAGES, "cca", "raw"}
         for row in report[m].values():
             assert set(row) == {*P.TRAITS, "group_acc", "group_majority"}
             assert all(v is None or -1.0 <= v <= 1.0 for v in row.values())

@@ -283,7 +283,8 @@ def save_resume(path: str | os.PathLike, *, model: torch.nn.Module,
                 rngs: Mapping[str, np.random.Generator] | None = None,
                 extra: Mapping[str, Any] | None = None,
                 meta: Mapping[str, Any] | None = None) -> None:
-    """Everything a run needs to continue exactly: model, optimisers, schedulers, RNG states
+    """Everything a run needs to continue exactly: model, optimisers, schedulers (or any object
+    with ``state_dict``/``load_state_dict``, e.g. a weight average), RNG states
     (torch, CUDA, Python ``random``, the named numpy generators), ``epoch`` and ``step``, plus
     the caller's ``extra`` state (e.g. the best val metric so far) and ``meta``."""
     tree = {"model": dict(model.state_dict()),

@@ -14,9 +14,15 @@ Optimisers: Adam (``beta1``, ``beta2``, ``weight_decay``) with the per-module ra
 discriminator's in their own optimiser. Groups with ``lr_end != lr`` (AML's branches, generator,
 private modules and heads) decay logarithmically from ``lr`` to ``lr_end`` over the run.
 
+Weight averaging (``train.ema_decay`` > 0; off by default, not in the papers; docs/model.md): an
+exponential moving average of every weight and buffer (timm's ``ModelEmaV3``, with its warm-up)
+follows the training; validation, the back-end fit and the ``best`` checkpoint use the average, training
+goes on with the live weights.
+
 Model selection uses val only: after each epoch the val tuples' ``train.select_metric`` (by
 default the mean of 1:2 unconstrained and gender-constrained matching accuracy over the trained
-directions) decides the ``best`` checkpoint; ``last`` holds the full resume state. The train
+directions) decides the ``best`` checkpoint; ``last`` holds the full resume state (the live
+weights, the optimisers and the average). The train
 stage never reads test or seen_heard tuples (:func:`model.data.load_tuples` refuses them).
 
 Devices: CUDA when present (bf16 autocast, pinned memory, non-blocking copies), CPU otherwise,
@@ -79,6 +85,10 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.999
     weight_decay: float = 5e-4
+    # > 0: an exponential moving average of the weights is what validation scores and ``best``
+    # keeps (timm's ModelEmaV3 with warm-up, decay min(ema_decay, 1 - (1 + step) ** -2/3));
+    # 0 = off, the live weights (measured no better on val: docs/model.md)
+    ema_decay: float = 0.0
     # inputs
     min_nation_count: int = 5  # train identities a nationality needs to keep its own class
     face_attr: str = "prob"  # prob | binary face attributes
@@ -95,6 +105,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if min(self.epochs, self.batch_size) < 1:
             raise ConfigError("train.epochs and train.batch_size must be >= 1")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError("train.ema_decay must be in [0, 1) (0 = no weight averaging)")
         if self.select_score not in ("model", "head", "cosine"):
             raise ConfigError("train.select_score must be model, head or cosine")
         names = self.select_metric  # one name (`-S train.select_metric=match.k2.G.acc`) or several
@@ -215,6 +227,17 @@ def make_optimizers(net: AVMatchNet, cfg: TrainConfig
     gen = torch.optim.Adam(gen_groups, **kwargs)
     disc = torch.optim.Adam(disc_groups, **kwargs) if disc_groups else None
     return gen, disc
+
+
+def make_ema(net: AVMatchNet, cfg: TrainConfig) -> nn.Module | None:
+    """The weight average that validation scores (``train.ema_decay``; None when 0): timm's
+    ``ModelEmaV3`` with warm-up, so the first steps are not held back by the initial weights.
+    Every rank keeps one (DistributedDataParallel keeps the weights equal); rank 0 uses it."""
+    if cfg.ema_decay == 0:
+        return None
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(net, decay=cfg.ema_decay, use_warmup=True)
 
 
 def set_learning_rates(optimizer: torch.optim.Optimizer, progress: float) -> None:
@@ -359,9 +382,10 @@ def _progress_bar(total: int, desc: str, enabled: bool) -> Any:
 
 
 def train_epoch(step: nn.Module, net: AVMatchNet, loader: Any, opts: tuple, weights: LossWeights,
-                state: RunState, total_steps: int, device: torch.device, main: bool
-                ) -> dict[str, float]:
-    """One pass over the training batches; returns the mean of every loss term."""
+                state: RunState, total_steps: int, device: torch.device, main: bool,
+                ema: nn.Module | None = None) -> dict[str, float]:
+    """One pass over the training batches, updating the weight average ``ema`` (if any) after
+    each step; returns the mean of every loss term."""
     gen_opt, disc_opt = opts
     sums: dict[str, float] = {}
     count = 0
@@ -376,6 +400,8 @@ def train_epoch(step: nn.Module, net: AVMatchNet, loader: Any, opts: tuple, weig
             terms["total"].backward()
             gen_opt.step()
             state.step += 1
+            if ema is not None:
+                ema.update(net, step=state.step)
             count += 1
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + float(value.detach())
@@ -417,6 +443,8 @@ def _run(data_dir: Path, out_dir: Path, live_dir: Path, params: Mapping[str, Any
     net = AVMatchNet(model_cfg, dims).to(device)
     step = wrap_distributed(GeneratorStep(net), dist_info, device)
     gen_opt, disc_opt = make_optimizers(net, cfg)
+    ema = make_ema(net, cfg)
+    scored = net if ema is None else ema.module  # what validation scores and `best` keeps
     sampler = data.sampler(dist_info.rank, dist_info.world_size)
     loader = make_loader(data.train, sampler, num_workers=cfg.workers,
                          pin_memory=device.type == "cuda")
@@ -426,22 +454,22 @@ def _run(data_dir: Path, out_dir: Path, live_dir: Path, params: Mapping[str, Any
             "data": data.source.state(), "params": dict(params),
             "fingerprint": fingerprint(params)}
     if cfg.resume and (out_dir / "last").exists():
-        state = _resume(out_dir / "last", net, gen_opt, disc_opt, meta, state)
+        state = _resume(out_dir / "last", net, (gen_opt, disc_opt), ema, meta, state)
     live = _open_live(live_dir, dist_info, resume=state.epoch > 0)
     history: list[dict[str, float]] = []
     start = time.perf_counter()
     for epoch in range(state.epoch, cfg.epochs):
         sampler.set_epoch(epoch)
         losses = train_epoch(step, net, loader, (gen_opt, disc_opt), weights, state, total_steps,
-                             device, dist_info.main)
+                             device, dist_info.main, ema)
         state.epoch = epoch + 1
         if dist_info.main:
-            val = validate(net, data, cfg, device)
+            val = validate(scored, data, cfg, device)
             improved = val["select"] > state.best
             if improved:
                 state.best, state.best_epoch = val["select"], state.epoch
-                save_model(out_dir / "best", net, _selection_meta(meta, cfg, state, val))
-            _write_last(out_dir / "last", net, gen_opt, disc_opt, state, meta)
+                save_model(out_dir / "best", scored, _selection_meta(meta, cfg, state, val))
+            _write_last(out_dir / "last", net, (gen_opt, disc_opt), ema, state, meta)
             history.append({"epoch": state.epoch, **losses, **val})
             if live is not None:
                 _log(live, "train", losses)
@@ -499,23 +527,25 @@ def _optimizers(gen_opt: torch.optim.Optimizer, disc_opt: torch.optim.Optimizer 
     return {"generator": gen_opt, **({"discriminator": disc_opt} if disc_opt else {})}
 
 
-def _write_last(path: Path, net: AVMatchNet, gen_opt: torch.optim.Optimizer,
-                disc_opt: torch.optim.Optimizer | None, state: RunState,
-                meta: Mapping[str, Any]) -> None:
-    save_resume(path, model=net, optimizers=_optimizers(gen_opt, disc_opt), epoch=state.epoch,
-                step=state.step, extra=dataclasses.asdict(state), meta=meta)
+def _averages(ema: nn.Module | None) -> dict[str, nn.Module]:
+    return {} if ema is None else {"ema": ema}
 
 
-def _resume(path: Path, net: AVMatchNet, gen_opt: torch.optim.Optimizer,
-            disc_opt: torch.optim.Optimizer | None, meta: Mapping[str, Any],
-            state: RunState) -> RunState:
+def _write_last(path: Path, net: AVMatchNet, opts: tuple, ema: nn.Module | None,
+                state: RunState, meta: Mapping[str, Any]) -> None:
+    save_resume(path, model=net, optimizers=_optimizers(*opts), schedulers=_averages(ema),
+                epoch=state.epoch, step=state.step, extra=dataclasses.asdict(state), meta=meta)
+
+
+def _resume(path: Path, net: AVMatchNet, opts: tuple, ema: nn.Module | None,
+            meta: Mapping[str, Any], state: RunState) -> RunState:
     """Continue from ``path`` when it was written with the same fingerprint (params other than
     the epoch count and runtime knobs); otherwise start afresh."""
     if resume_meta(path).get("fingerprint") != meta["fingerprint"]:
         log.info("resume: %s was trained with other params; starting afresh", path)
         return state
-    saved = load_resume(path, model=net, optimizers=_optimizers(gen_opt, disc_opt),
-                        device=next(net.parameters()).device)
+    saved = load_resume(path, model=net, optimizers=_optimizers(*opts),
+                        schedulers=_averages(ema), device=next(net.parameters()).device)
     resumed = RunState(**saved.extra)
     log.info("resume: continuing after epoch %d (step %d)", resumed.epoch, resumed.step)
     return resumed

@@ -207,6 +207,37 @@ def test_the_backend_changes_scores_not_training(trained: tuple[Path, dict], tin
                      for h in plain["history"]]
 
 
+@pytest.mark.parametrize("decay", [0.99, 0.0])
+def test_validation_scores_the_weight_average(tiny_data: Path, tmp_path: Path,
+                                              decay: float) -> None:
+    """``train.ema_decay`` > 0: ``best`` holds the weight average, which ``last`` keeps beside the
+    live weights it differs from; 0: ``best`` holds the live weights and ``last`` no average."""
+    T.run(tiny_data, tmp_path / "models", tmp_path / "live",
+          params(train={"epochs": 1, "ema_decay": decay}))
+    best, last = tensors(tmp_path / "models" / "best"), tensors(tmp_path / "models" / "last")
+    average = {k.removeprefix("state.schedulers.ema.module."): v for k, v in last.items()
+               if k.startswith("state.schedulers.ema.module.")}
+    live = {k.removeprefix("state.model."): v for k, v in last.items()
+            if k.startswith("state.model.")}
+    assert set(best) == set(live)
+    weights = [k for k in best if ".backend." not in k]  # the live back-end is never fitted
+    if decay:
+        assert set(average) == set(best)
+        assert all(torch.equal(best[k], average[k]) for k in best)
+        assert not all(torch.equal(best[k], live[k]) for k in weights)
+    else:
+        assert not average
+        assert all(torch.equal(best[k], live[k]) for k in weights)
+
+
+def test_ema_decay_outside_its_range_is_refused() -> None:
+    from pipeline.common.config import ConfigError
+
+    for bad in (1.0, -0.1):
+        with pytest.raises(ConfigError, match="ema_decay"):
+            T.TrainConfig(ema_decay=bad)
+
+
 def test_a_backend_without_cross_video_pairs_is_refused_before_training(tiny_data: Path,
                                                                        tmp_path: Path) -> None:
     """The back-end pairs a voice with faces of its identity from other videos; a manifest where
@@ -252,10 +283,10 @@ def test_same_seed_gives_identical_checkpoints(trained: tuple[Path, dict], tiny_
                 (tmp_path / "models" / name / file).read_bytes(), f"{name}/{file}"
 
 
-def test_resume_after_an_interruption_continues_identically(
-        trained: tuple[Path, dict], tiny_data: Path, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    out, _ = trained
+def interrupted_then_resumed(data: Path, out: Path, run_params: dict,
+                             monkeypatch: pytest.MonkeyPatch) -> dict:
+    """Train with a crash in the second epoch, then rerun the same command to resume; return
+    the resumed run's summary."""
     real = T.train_epoch
     calls = {"n": 0}
 
@@ -267,12 +298,34 @@ def test_resume_after_an_interruption_continues_identically(
 
     monkeypatch.setattr(T, "train_epoch", crash_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        T.run(tiny_data, tmp_path / "models", tmp_path / "live", params(lambda1=1.5))
+        T.run(data, out / "models", out / "live", run_params)
     monkeypatch.setattr(T, "train_epoch", real)
-    summary = T.run(tiny_data, tmp_path / "models", tmp_path / "live", params(lambda1=1.5))
+    return T.run(data, out / "models", out / "live", run_params)
+
+
+def test_resume_after_an_interruption_continues_identically(
+        trained: tuple[Path, dict], tiny_data: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    out, _ = trained
+    summary = interrupted_then_resumed(tiny_data, tmp_path, params(lambda1=1.5), monkeypatch)
     assert [h["epoch"] for h in summary["history"]] == [2]  # only the missing epoch ran
     a, b = tensors(out / "models" / "last"), tensors(tmp_path / "models" / "last")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_continues_the_weight_average(tiny_data: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``train.ema_decay`` the resumed run's average, live weights and ``best`` equal an
+    uninterrupted run's."""
+    run_params = params(train={"ema_decay": 0.99})
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    T.run(tiny_data, whole / "models", whole / "live", run_params)
+    summary = interrupted_then_resumed(tiny_data, resumed, run_params, monkeypatch)
+    assert [h["epoch"] for h in summary["history"]] == [2]
+    for name in ("best", "last"):
+        a, b = tensors(whole / "models" / name), tensors(resumed / "models" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert any(k.startswith("state.schedulers.ema.") for k in a)
 
 
 def test_other_params_do_not_resume(trained: tuple[Path, dict], tiny_data: Path,

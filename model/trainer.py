@@ -70,7 +70,7 @@ SELECT_SPLIT = "val"
 class TrainConfig:
     """The ``train`` params section (docs/model.md)."""
 
-    epochs: int = 4
+    epochs: int = 6
     batch_size: int = 64  # tuples per batch (per rank with several processes)
     seed: int = 0
     directions: tuple[str, ...] = ("v2f", "f2v")

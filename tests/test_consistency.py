@@ -155,9 +155,10 @@ def docstring_only_init(path: Path) -> bool:
     """A package ``__init__.py`` that runs nothing but its docstring."""
     import ast
 
+    if path.name != "__init__.py":
+        return False
     body = ast.parse(path.read_text()).body
-    return path.name == "__init__.py" and all(
-        isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) for node in body)
+    return all(isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) for node in body)
 
 
 @pytest.mark.parametrize("stage", sorted(DVC))

@@ -2,8 +2,8 @@
 
 PyTorch's x86 wheels do float32 matrix products in Intel MKL. By default MKL picks its kernels
 by CPU and splits each product by thread count, so one model gives outputs that differ in the last
-bit with 1 and 2 threads on an AVX-512 Xeon. This breaks the promise that ``threads`` and
-``workers`` never change an output's bytes. ``MKL_CBWR=AVX2,STRICT`` makes MKL use its AVX2 code
+bit with 1 and 2 threads on an AVX-512 Xeon, and ``face_attributes.threads`` changed the
+attribute table's bytes. ``MKL_CBWR=AVX2,STRICT`` makes MKL use its AVX2 code
 path on every CPU that has AVX2, and makes it reduce in the same order whatever the thread count.
 
 MKL reads the variable once, at its first call. So the packages ``pipeline`` and ``model`` set it

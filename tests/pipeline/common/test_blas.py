@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[3]
 # A generator-shaped product (64 x 3200 -> 128): MKL splits its long inner dimension across
 # threads, which without the pin changes the last bits on an AVX-512 Xeon.
 PRODUCT = """
-import os, sys
+import os
 import {package}
 import torch
 g = torch.Generator().manual_seed(0)

@@ -45,6 +45,7 @@ from model.cross_transformer import TOKEN_INITS
 from model.heads import Discriminator, MatchingClassifier, RetrievalDistance, VerificationClassifier
 from model.losses import (
     ITEM_REDUCTIONS,
+    cross_modal_nce_loss,
     discriminator_accuracy,
     discriminator_loss,
     generator_adversarial_loss,
@@ -150,8 +151,11 @@ class ModelConfig:
     ct_mlp_ratio: float = 2.0
     att_reduction: int = 4  # channel-attention reduction of private=attention
     public_reduction: str = "mean"  # mean (over a tuple's items) | sum (Eq. 13-14 as written)
-    identity_weight: float = 0.0  # > 0: a train-identity softmax on h of both modalities (not in
-    #                               the papers), added to Eq. 18 with this weight
+    identity_weight: float = 1.0  # > 0: a train-identity softmax on h of both modalities (not in
+    #                               the papers), added to Eq. 18 with this weight; 0: Eq. 18 alone
+    nce_weight: float = 1.0  # > 0: a cross-modal InfoNCE over the batch's candidates (not in the
+    #                          papers), added to Eq. 18 with this weight; 0: Eq. 18 alone
+    nce_temperature: float = 0.1
     # -- loss weighting and the papers' ambiguities ------------------------------------------
     loss_weighting: str = "p2vanet"  # p2vanet (Eq. 18) | aml (Eq. 9: beta, gamma)
     aml_weights: str = "iii_g"  # iii_g: {lambda,beta,gamma} = {1,3,2} | iv_g: {1,2,3}
@@ -178,6 +182,8 @@ class ModelConfig:
             raise ConfigError(f"model.match_ks must be positive; got {self.match_ks}")
         if self.eval_voice_crops < 1:
             raise ConfigError(f"model.eval_voice_crops must be >= 1; got {self.eval_voice_crops}")
+        if self.nce_temperature <= 0:
+            raise ConfigError(f"model.nce_temperature must be positive; got {self.nce_temperature}")
         if self.backend_ridge <= 0:
             raise ConfigError(f"model.backend_ridge must be positive; got {self.backend_ridge}")
         if self.disc_steps < 1:
@@ -202,8 +208,9 @@ class ModelConfig:
 
 
 # Model settings added after checkpoints were first written, with the value a checkpoint that
-# lacks the key was made with: before the CCA back-end, cosine was the plain cosine of h.
-CHECKPOINT_PREDATES: dict[str, Any] = {"backend": "none"}
+# lacks the key was made with: before the CCA back-end, cosine was the plain cosine of h; before
+# the InfoNCE term, there was none.
+CHECKPOINT_PREDATES: dict[str, Any] = {"backend": "none", "nce_weight": 0.0}
 
 
 def view_mean(t: Tensor, views: int, normalize: bool = False) -> Tensor:
@@ -554,6 +561,7 @@ class AVMatchNet(nn.Module):
         Keys (only the enabled ones): ``metric``; ``rec`` with ``rec_voice``/``rec_face``
         (P2VANet Eq. 2, 4: summed over a tuple's items, averaged over tuples); ``cls`` with
         ``cls_match``/``cls_verify``/``cls_retrieve``; ``gender``, ``nation`` (Eq. 13-14);
+        ``identity`` and ``nce`` (not in the papers: ``model.identity_weight``, ``nce_weight``);
         ``dis`` (``L_dis`` under the current discriminator) and ``adv`` (the generator's
         adversarial term, ``-L_dis`` by default); ``total``. The discriminator's parameters
         receive no gradient from ``total``.
@@ -583,8 +591,13 @@ class AVMatchNet(nn.Module):
             terms["identity"] = per_tuple_ce(self.identity_head(out.h_all),
                                              _item_labels(batch, "identity"), "mean")
         coef["identity"] = self.cfg.identity_weight
+        if self.cfg.nce_weight > 0:
+            terms["nce"] = cross_modal_nce_loss(
+                out.query, out.candidates, batch[f"{out.query_modality}_identity"][:, 0],
+                batch[f"{out.candidate_modality}_identity"], self.cfg.nce_temperature)
+        coef["nce"] = self.cfg.nce_weight
         total = sum(coef[n] * terms[n] for n in ("metric", "rec", "cls", "gender", "nation",
-                                                 "identity") if n in terms)
+                                                 "identity", "nce") if n in terms)
         if self.discriminator is not None:
             logits = self._discriminate(out.h_all, detach_params=True)  # (B, n, 2)
             terms["dis"] = discriminator_loss(logits, out.modality, self.cfg.adversarial)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from pytorch_metric_learning.distances import LpDistance
 from pytorch_metric_learning.losses import (
     LiftedStructureLoss,
+    NTXentLoss,
     RankedListLoss,
     TripletMarginLoss,
 )
@@ -32,6 +33,7 @@ from pytorch_metric_learning.reducers import MeanReducer
 from torch import Tensor
 
 __all__ = ["tuple_indices", "lifted_structure_loss", "triplet_loss", "ranked_list_loss",
+           "cross_modal_nce_loss",
            "discriminator_loss", "generator_adversarial_loss", "discriminator_accuracy",
            "per_tuple_ce", "ADVERSARIAL_KINDS", "ITEM_REDUCTIONS"]
 
@@ -130,6 +132,21 @@ def triplet_loss(query: Tensor, candidates: Tensor, label: Tensor, margin: float
     loss = TripletMarginLoss(margin=margin, distance=_distance(), reducer=MeanReducer())
     return loss(_flatten_tuples(query, candidates), None,
                 indices_tuple=(anchor, positive, neg.reshape(-1)))  # negatives (B*(k-1),)
+
+
+def cross_modal_nce_loss(query: Tensor, candidates: Tensor, query_ids: Tensor,
+                         candidate_ids: Tensor, temperature: float = 0.1) -> Tensor:
+    """Cross-modal InfoNCE over a batch of tuples (not in the papers; ``model.nce_weight``).
+
+    Each query ``(B, d)`` is an anchor against every candidate of the batch ``(B, k, d)``: the
+    candidates of its own identity are its positives, all others its negatives, scored by cosine
+    similarity over ``temperature`` (CLIP's and NT-Xent's form, one direction per batch). This is
+    pytorch-metric-learning's ``NTXentLoss`` with the candidates as its reference set.
+    """
+    b, k, d = candidates.shape
+    loss = NTXentLoss(temperature=temperature)
+    return loss(query, query_ids, ref_emb=candidates.reshape(b * k, d),  # (B, k, d) -> (B*k, d)
+                ref_labels=candidate_ids.reshape(b * k))  # (B, k) -> (B*k,)
 
 
 def ranked_list_loss(embeddings: Tensor, identities: Tensor, margin: float = 0.4,

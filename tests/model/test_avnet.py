@@ -19,6 +19,7 @@ from model.avnet import (
     build_model,
     view_mean,
 )
+from model.losses import cross_modal_nce_loss
 from pipeline.common.config import ConfigError, build
 
 DIMS = InputDims(n_bins=32, frames=24, face_size=16, n_audio_attr=24, n_face_attr=12,
@@ -27,7 +28,8 @@ TINY = dict(embed_dim=16, audio_channels=[4, 4, 4, 4, 4], face_channels=[4, 4, 4
             audio_strides=[[2, 2], [2, 2], [1, 1], [1, 1], [1, 1]],
             face_strides=[[2, 2], [1, 1], [1, 1], [1, 1], [1, 1]], pool_size=[3, 3],
             generator_hidden=[16], head_hidden=[16], retrieval_hidden=[8], vae_hidden=[16],
-            audio_attr_tokens=4, face_attr_tokens=12, ct_heads=2, match_ks=[2, 3], disc_steps=2)
+            audio_attr_tokens=4, face_attr_tokens=12, ct_heads=2, match_ks=[2, 3], disc_steps=2,
+            identity_weight=0.0, nce_weight=0.0)  # the two terms beyond Eq. 18: tested one by one
 
 SWITCHES = {
     "adversarial": ["none", "gan", "lsgan", "wgan"],
@@ -46,6 +48,7 @@ SWITCHES = {
     "token_init": ["balanced", "glorot"],
     "metric_negatives": ["tuple", "batch"],
     "identity_weight": [0.0, 1.0],
+    "nce_weight": [0.0, 1.0],
 }
 SETTINGS = [(k, v) for k, values in SWITCHES.items() for v in values]
 
@@ -112,6 +115,7 @@ def test_forward_backward_every_switch(switch, value, direction):
     assert ("nation" in terms) == (cfg.public in ("nation", "both"))
     assert ("dis" in terms and "adv" in terms) == (cfg.adversarial != "none")
     assert ("identity" in terms) == (cfg.identity_weight > 0)
+    assert ("nce" in terms) == (cfg.nce_weight > 0)
     assert {"cls_match", "cls_verify", "cls_retrieve", "cls"} <= set(terms)
     for name in ("branches", "generators", "vaes", "private", "gender_head", "nation_head",
                  "identity_head"):
@@ -148,6 +152,21 @@ def test_identity_term_is_the_item_mean_cross_entropy_and_weighted():
     assert terms["total"].item() == pytest.approx(
         (expected + 0.5 * terms["identity"] + terms["adv"]).item(), rel=1e-5)
     assert tiny_model().identity_head is None
+
+
+def test_nce_term_is_weighted_into_the_total():
+    model = tiny_model(nce_weight=0.5, nce_temperature=0.2)
+    batch = make_batch("v2f", b=3, k=2)
+    out = model.encode(batch)
+    terms = model.generator_losses(batch, LossWeights(), out=out)
+    expected_nce = cross_modal_nce_loss(out.query, out.candidates, batch["voice_identity"][:, 0],
+                                        batch["face_identity"], 0.2)
+    assert terms["nce"].item() == pytest.approx(expected_nce.item(), rel=1e-6)
+    coef = LossWeights().coefficients(model.cfg)
+    expected = sum(coef[n] * terms[n] for n in ("metric", "rec", "cls", "gender", "nation"))
+    assert terms["total"].item() == pytest.approx(
+        (expected + 0.5 * terms["nce"] + terms["adv"]).item(), rel=1e-5)
+    assert "nce" not in tiny_model().generator_losses(batch)
 
 
 def test_batch_negatives_reach_other_tuples():
@@ -526,6 +545,8 @@ def test_config_unknown_key_and_bad_choice_raise():
         ModelConfig(public_reduction="max")
     with pytest.raises(ConfigError, match="model.token_init"):
         ModelConfig(token_init="kaiming")
+    with pytest.raises(ConfigError, match="model.nce_temperature"):
+        ModelConfig(nce_temperature=0.0)
 
 
 def test_config_round_trip_through_json_lists():

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from model.losses import (
+    cross_modal_nce_loss,
     discriminator_accuracy,
     discriminator_loss,
     generator_adversarial_loss,
@@ -92,6 +93,26 @@ def test_lifted_batch_negatives_by_hand():
     assert loss.item() == pytest.approx(expected / 4, rel=1e-5)
     # the tuple scope (Eq. 5) differs: it ignores tuple 1's candidates for tuple 0
     assert lifted_structure_loss(query, candidates, label).item() != pytest.approx(loss.item())
+
+
+def test_cross_modal_nce_by_hand():
+    """InfoNCE: each query against every candidate of the batch; its own identity's candidates
+    are the positives (one term each), the other identities' candidates the negatives."""
+    query, candidates, _ = two_tuples()
+    q = torch.nn.functional.normalize(query.detach() + 0.5, dim=-1)  # no zero vector
+    c = torch.nn.functional.normalize(candidates.detach(), dim=-1)
+    q_id = torch.tensor([7, 8])
+    c_id = torch.tensor([[1, 7, 8], [8, 2, 7]])  # tuple 0's third candidate is identity 8
+    loss = cross_modal_nce_loss(q, c, q_id, c_id, temperature=0.5)
+    flat, ids = c.reshape(6, 2), c_id.reshape(6)  # (2, 3, 2) -> (6, 2); (2, 3) -> (6,)
+    terms = []
+    for i in range(2):
+        sims = [(torch.dot(q[i], flat[j]).item() / 0.5, ids[j].item() == q_id[i].item())
+                for j in range(6)]
+        negs = [math.exp(s) for s, same in sims if not same]
+        terms += [-(s - math.log(math.exp(s) + sum(negs))) for s, same in sims if same]
+    assert len(terms) == 4  # identity 7 twice, identity 8 twice
+    assert loss.item() == pytest.approx(sum(terms) / len(terms), rel=1e-5)
 
 
 def test_lifted_zero_without_negatives():

@@ -21,6 +21,7 @@ as in Eq. 5; the model L2-normalises them first only when ``model.normalize_embe
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from pytorch_metric_learning.distances import LpDistance
 from pytorch_metric_learning.losses import (
@@ -134,6 +135,23 @@ def triplet_loss(query: Tensor, candidates: Tensor, label: Tensor, margin: float
                 indices_tuple=(anchor, positive, neg.reshape(-1)))  # negatives (B*(k-1),)
 
 
+def _world() -> int:
+    """Processes in the default group (1 outside ``torch.distributed``)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+def _gather(x: Tensor) -> Tensor:
+    """``x`` of every process, concatenated in rank order. This process's own part keeps its
+    gradient; the others arrive as constants. Every process must hold the same shape (the tuple
+    sampler gives each an equal share of the global batch)."""
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    parts[dist.get_rank()] = x
+    return torch.cat(parts)
+
+
 def cross_modal_nce_loss(query: Tensor, candidates: Tensor, query_ids: Tensor,
                          candidate_ids: Tensor, temperature: float = 0.1) -> Tensor:
     """Cross-modal InfoNCE over a batch of tuples (not in the papers; ``model.nce_weight``).
@@ -142,11 +160,23 @@ def cross_modal_nce_loss(query: Tensor, candidates: Tensor, query_ids: Tensor,
     candidates of its own identity are its positives, all others its negatives, scored by cosine
     similarity over ``temperature`` (CLIP's and NT-Xent's form, one direction per batch). This is
     pytorch-metric-learning's ``NTXentLoss`` with the candidates as its reference set.
+
+    Under ``torch.distributed`` the batch is the global one: queries, candidates and identities
+    are gathered from every process, so the value equals one process's on the whole batch. The
+    returned term has that value and ``world_size`` times this process's share of its gradient,
+    so that DistributedDataParallel's mean over processes gives the whole batch's gradient.
     """
+    world = _world()
+    if world > 1:
+        query, candidates = _gather(query), _gather(candidates)  # (W*B, d), (W*B, k, d)
+        query_ids, candidate_ids = _gather(query_ids), _gather(candidate_ids)
     b, k, d = candidates.shape
-    loss = NTXentLoss(temperature=temperature)
-    return loss(query, query_ids, ref_emb=candidates.reshape(b * k, d),  # (B, k, d) -> (B*k, d)
-                ref_labels=candidate_ids.reshape(b * k))  # (B, k) -> (B*k,)
+    loss = NTXentLoss(temperature=temperature)(
+        query, query_ids, ref_emb=candidates.reshape(b * k, d),  # (B, k, d) -> (B*k, d)
+        ref_labels=candidate_ids.reshape(b * k))  # (B, k) -> (B*k,)
+    if world > 1:
+        loss = loss + (world - 1) * (loss - loss.detach())  # same value, world x the gradient
+    return loss
 
 
 def ranked_list_loss(embeddings: Tensor, identities: Tensor, margin: float = 0.4,

@@ -776,13 +776,15 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> AVMatchNet
 @register_model
 def avmatch_p2vanet(pretrained: bool = False, **kwargs: Any) -> AVMatchNet:
     """Full P2VANet: VAE on both modalities, cross-transformer, gender + nationality heads,
-    WGAN adversarial learning and the lifted structured loss. ``kwargs``: ModelConfig fields
-    and ``dims`` (an :class:`InputDims` or a mapping)."""
+    WGAN adversarial learning and the lifted structured loss, plus the two terms beyond Eq. 18
+    that are on by default (``identity_weight=0, nce_weight=0`` leaves them out). ``kwargs``:
+    ModelConfig fields and ``dims`` (an :class:`InputDims` or a mapping)."""
     return _create("avmatch_p2vanet", pretrained, **kwargs)
 
 
 @register_model
 def avmatch_aml(pretrained: bool = False, **kwargs: Any) -> AVMatchNet:
     """AML baseline: branches, generator, WGAN discriminator, lifted structured loss and task
-    heads, weighted by AML Eq. 9 (``beta``, ``gamma``)."""
+    heads, weighted by AML Eq. 9 (``beta``, ``gamma``), plus the defaults' identity softmax and
+    InfoNCE terms (``identity_weight=0, nce_weight=0`` for AML's loss alone)."""
     return _create("avmatch_aml", pretrained, **kwargs)

@@ -356,10 +356,10 @@ def test_a_tiny_run_beats_chance_on_val(learnable_data: Path, tmp_path: Path) ->
     ``vae_detach_input: false`` (the papers' end-to-end form): on this network the default
     ``true`` reached 0.69 with seed 1 but stayed at 0.53 with seed 0, where end to end gives
     0.70 and 0.68 (measured; docs/model.md). At the default size ``true`` is val-chosen.
-    ``identity_weight: 0``: a softmax over this 48-identity corpus's training identities held the run at
-    0.535 with both default extra terms and 0.5875 with it alone, where the InfoNCE term alone
-    reaches 0.66 (seed 0, measured); at the default size the pair is val-chosen (docs/model.md,
-    sixteenth diagnosis round)."""
+    ``identity_weight: 0``: a softmax over this 48-identity corpus's training identities held the
+    run at 0.535 with both default extra terms and 0.5875 with it alone, where the InfoNCE term
+    alone reaches 0.66 (seed 0, measured); at the default size the pair is val-chosen
+    (docs/model.md, sixteenth diagnosis round)."""
     model = {"generator_norm": "none", "vae_detach_input": False, "identity_weight": 0.0}
     summary = T.run(learnable_data, tmp_path / "models", tmp_path / "live",
                     params(model=model, train={"epochs": 6, "lr": 0.005, "lr_end": 0.0005}))

@@ -12,14 +12,20 @@ the seeds' values, their mean, standard deviation and standard error of the mean
 baseline's val value (``reports/baselines.json``, section ``linear_cca``), the margin in
 standard errors, and how many seeds beat the baseline (on that figure, and on all at once).
 
-Only the train and val splits are read (the train stage's own code). Runs go ``--jobs`` at a
-time, in spawned processes, each with ``train.threads`` = cores // jobs: CPU results depend a
-little on the thread count, so a seed's figures can differ from the stage's (every core).
+Training and selection read only the train and val splits (the train stage's own code). With
+``--test``, each run's val-selected checkpoint is then scored on the test split by the evaluate
+stage's own code (under ``model.score``, as the evaluate stage headlines it), and the same figures
+are summarised under ``test``, against the baseline's test values: reported, never used for a
+choice, to show how far one committed run's test figures sit from a seed mean.
+
+Runs go ``--jobs`` at a time, in spawned processes, each with ``train.threads`` = cores // jobs:
+CPU results depend a little on the thread count, so a seed's figures can differ from the
+stage's (every core).
 
 Writes section ``seed_sweep`` (or ``--section``) of ``reports/benchmarks.json``.
 
 Usage: ``python -m benchmarks.seed_sweep [--data data] [--params params.yaml] [--seeds 8]
-[--first-seed 0] [--jobs 2] [-S key=value ...] [--section NAME]``.
+[--first-seed 0] [--jobs 2] [-S key=value ...] [--test] [--section NAME]``.
 """
 
 from __future__ import annotations
@@ -33,8 +39,9 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
@@ -42,10 +49,15 @@ import yaml
 from benchmarks.common import REPORT, update_report
 from pipeline.common.config import ConfigError, build, load_params
 
+if TYPE_CHECKING:
+    from pipeline.evaluate import EvaluateConfig
+
 log = logging.getLogger("benchmarks.seed_sweep")
 
 BASELINES = Path(__file__).resolve().parents[1] / "reports" / "baselines.json"
 BASELINE_SECTION = "linear_cca"
+TEST_NOTE = ("test figures of each val-selected checkpoint (model.score): reported only, never "
+             "used to choose a seed, an epoch or a param")
 
 
 def apply_overrides(params: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -89,32 +101,51 @@ def selected_figures(summary: Mapping[str, Any], keys: Sequence[str]) -> dict[st
     return {key: float(row[key]) for key in keys}
 
 
-def train_seed(data: str, params: dict[str, Any], keys: list[str]) -> dict[str, Any]:
-    """Train one seed in a temporary directory; its selected epoch and val figures."""
+def test_figures(data: Path, checkpoint: Path, out: Path, evaluate: EvaluateConfig,
+                 keys: Sequence[str]) -> dict[str, float]:
+    """The test figures ``keys`` (val key names) of ``checkpoint``, from the evaluate stage's
+    own run, under the model's declared score."""
+    from pipeline.evaluate import run
+
+    run(data, checkpoint, out, evaluate)
+    metrics = json.loads((out / "metrics.json").read_text())
+    return {key: float(metrics[split_key(key, "test")]) for key in keys}
+
+
+def train_seed(data: str, params: dict[str, Any], keys: list[str],
+               evaluate: EvaluateConfig | None = None) -> dict[str, Any]:
+    """Train one seed in a temporary directory; its selected epoch and val figures, and its test
+    figures when ``evaluate`` is given."""
     from model.trainer import run
 
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="avmatch-seed-") as tmp:
         summary = run(Path(data), Path(tmp) / "models", Path(tmp) / "live", params)
-    return {"seed": params["train"]["seed"], "best_epoch": summary["best_epoch"],
-            "seconds": summary["seconds"], "val": selected_figures(summary, keys)}
+        out = {"seed": params["train"]["seed"], "best_epoch": summary["best_epoch"],
+               "seconds": summary["seconds"], "val": selected_figures(summary, keys)}
+        if evaluate is not None:
+            out["test"] = test_figures(Path(data), Path(tmp) / "models" / "best",
+                                       Path(tmp) / "evaluate", evaluate, keys)
+    return out
 
 
-def baseline_key(key: str) -> str:
-    """The baseline report's name of a train-stage val key (``v2f.match.k2.U.acc`` ->
-    ``val.v2f.match.k2.U.acc``; a scoring suffix such as ``.cosine`` is dropped)."""
+def split_key(key: str, split: str = "val") -> str:
+    """The evaluate and baseline reports' name of a train-stage val key on ``split``
+    (``v2f.match.k2.U.acc`` -> ``val.v2f.match.k2.U.acc``; a scoring suffix such as ``.cosine``
+    is dropped, leaving the model's declared score)."""
     parts = key.split(".")
     if parts[-1] in ("cosine", "head"):
         parts = parts[:-1]
-    return "val." + ".".join(parts)
+    return f"{split}." + ".".join(parts)
 
 
-def summarise(runs: Sequence[Mapping[str, Any]], baseline: Mapping[str, float] | None
-              ) -> dict[str, Any]:
-    """Per figure: values by seed, mean, sd, se of the mean, and against the baseline (if any)
-    the margin, the margin in se and the seeds above it; plus the seeds above it on every figure."""
-    keys = list(runs[0]["val"])
-    table = np.array([[r["val"][k] for k in keys] for r in runs])  # (seeds, figures)
+def summarise(runs: Sequence[Mapping[str, Any]], baseline: Mapping[str, float] | None,
+              split: str = "val") -> dict[str, Any]:
+    """Per figure of ``split``: values by seed, mean, sd, se of the mean, and against the
+    baseline (if any) the margin, the margin in se and the seeds above it; plus the seeds above
+    it on every figure."""
+    keys = list(runs[0][split])
+    table = np.array([[r[split][k] for k in keys] for r in runs])  # (seeds, figures)
     out: dict[str, Any] = {}
     for j, key in enumerate(keys):
         values = table[:, j]
@@ -122,7 +153,7 @@ def summarise(runs: Sequence[Mapping[str, Any]], baseline: Mapping[str, float] |
         se = sd / np.sqrt(len(values))
         row = {"values": values.tolist(), "mean": float(values.mean()), "sd": sd, "se": se}
         if baseline is not None:
-            base = float(baseline[baseline_key(key)])
+            base = float(baseline[split_key(key, split)])
             margin = float(values.mean()) - base
             row.update(baseline=base, margin=margin,
                        margin_in_se=margin / se if se > 0 else None,
@@ -150,17 +181,27 @@ def threads_per_job(jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // jobs)
 
 
-def sweep(data: Path, params: Mapping[str, Any], seeds: int, jobs: int, first: int = 0
-          ) -> list[dict[str, Any]]:
-    """Train seeds ``first .. first+seeds-1``, ``jobs`` at a time; their results in seed order."""
+def test_config(params: Mapping[str, Any], threads: int) -> EvaluateConfig:
+    """The evaluate stage's config from ``params``, on the test split alone, on ``threads``."""
+    from pipeline.evaluate import stage_config
+
+    return replace(stage_config(params), splits=("test",), imported=(), threads=threads)
+
+
+def sweep(data: Path, params: Mapping[str, Any], seeds: int, jobs: int, first: int = 0,
+          test: bool = False) -> list[dict[str, Any]]:
+    """Train seeds ``first .. first+seeds-1``, ``jobs`` at a time (each then scored on test when
+    ``test``); their results in seed order."""
     threads = threads_per_job(jobs)
     keys = figure_keys(seed_params(params, first, threads))
     work = [seed_params(params, s, threads) for s in range(first, first + seeds)]
+    evaluate = test_config(params, threads) if test else None
     if jobs == 1:
-        return [train_seed(str(data), p, keys) for p in work]
+        return [train_seed(str(data), p, keys, evaluate) for p in work]
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        return list(pool.map(train_seed, [str(data)] * seeds, work, [keys] * seeds))
+        return list(pool.map(train_seed, [str(data)] * seeds, work, [keys] * seeds,
+                             [evaluate] * seeds))
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -173,6 +214,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="a params override, as dvc exp run -S")
+    parser.add_argument("--test", action="store_true",
+                        help="also score each val-selected checkpoint on test (reported only)")
     parser.add_argument("--baselines", type=Path, default=BASELINES)
     parser.add_argument("--section", default="seed_sweep")
     parser.add_argument("--out", type=Path, default=REPORT)
@@ -182,10 +225,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     params = apply_overrides(load_params(args.params), args.overrides)
     start = time.perf_counter()
-    runs = sweep(args.data, params, args.seeds, args.jobs, args.first_seed)
+    runs = sweep(args.data, params, args.seeds, args.jobs, args.first_seed, args.test)
+    baseline = read_baseline(args.baselines)
     result = {"overrides": list(args.overrides), "jobs": args.jobs, "runs": runs,
-              "seconds": round(time.perf_counter() - start, 1),
-              **summarise(runs, read_baseline(args.baselines))}
+              "seconds": round(time.perf_counter() - start, 1), **summarise(runs, baseline)}
+    if args.test:
+        result["test"] = {"note": TEST_NOTE, **summarise(runs, baseline, "test")}
     update_report(args.section, result, args.out)
     for key, row in result["figures"].items():
         log.info("%s: mean %.4f (se %.4f) baseline %s, %s of %d seeds above", key, row["mean"],

@@ -51,6 +51,12 @@ def test_margins_across_draws() -> None:
     assert val["figures"]["a"]["se"] == pytest.approx(0.01)
     assert (val["figures"]["a"]["draws_above"], val["figures"]["b"]["draws_above"]) == (2, 1)
     assert val["draws_above_on_every_figure"] == 1 and val["mean_margin"] == pytest.approx(0.015)
+    assert "crossfit_margins" not in val["figures"]["a"]
+    for name, m in (("2", 0.05), ("3", -0.01)):
+        draws[name]["figures"]["a"]["margin_crossfit"] = m
+    crossfit = C.across_draws(draws, "val")["figures"]["a"]
+    assert crossfit["crossfit_margins"] == [0.05, -0.01] and crossfit["draws_above_crossfit"] == 1
+    assert crossfit["mean_crossfit_margin"] == pytest.approx(0.02)
     test = C.across_draws(draws, "test")
     assert test["figures"]["a"]["mean_margin"] == pytest.approx(-0.01)
     assert test["draws_above_on_every_figure"] == 1
@@ -89,6 +95,8 @@ def test_a_tiny_draw_is_built_fitted_and_swept(tmp_path: Path) -> None:
             assert 0.0 <= value <= 1.0
             assert figures[key]["baseline"] == baseline[f"{split}.{key}"]
             assert figures[key]["margin"] == pytest.approx(value - baseline[f"{split}.{key}"])
+            if split == "val":  # the draw's baseline is cross-fitted on its val identities too
+                assert figures[key]["baseline_crossfit"] == baseline[f"val_crossfit.{key}"]
             across = section["across_draws"][split]["figures"][key]
             assert across["margins"] == [pytest.approx(figures[key]["margin"])]
     stamp = (root / "data" / "features" / "faces.h5").stat().st_mtime_ns

@@ -57,3 +57,29 @@ def test_the_val_choice_is_the_grid_best_and_the_report_has_the_stage_keys(
     B.main(["--data", str(tiny_data), "--out", str(out), "--resamples", "20"])
     written = json.loads(out.read_text())[B.SECTION]
     assert set(report) - {"seconds", "tuning_top10", "config", "selected", "grid_size"} <= set(written)
+
+
+def test_identity_folds_partition_the_identities() -> None:
+    names = [f"id{i:02d}" for i in range(7)] * 3
+    folds = B.identity_folds(names, 2, seed=0)
+    assert sorted(map(len, folds)) == [3, 4]
+    assert set().union(*folds) == set(names) and not folds[0] & folds[1]
+    assert folds == B.identity_folds(list(reversed(names)), 2, seed=0)  # seeded, order-free
+    with pytest.raises(ValueError, match="folds"):
+        B.identity_folds(["a"], 2, seed=0)
+
+
+def test_cross_fitted_val_figures_score_every_val_tuple_once(tiny_data: Path) -> None:
+    paths = DataPaths.under(tiny_data)
+    one = B.BaselineConfig(voice_dims=(4,), face_dims=(4,), ridges=(1.0,), components=(2,),
+                           weights=(1.0,), resamples=20)
+    report = B.run(paths, one)  # a single setting: tuning chooses nothing, so the folds agree
+    keys = [k for k in report if k.startswith("val_crossfit.")]
+    assert keys and all(k.endswith(".acc") for k in keys)
+    for key in keys:
+        assert report[key] == pytest.approx(report[key.replace("val_crossfit.", "val.")])
+    assert [c["voice_dims"] for c in report["crossfit_selected"]] == [4, 4]
+    tuned = B.run(paths, SMALL)  # a grid: each fold is scored with the other fold's choice
+    assert len(tuned["crossfit_selected"]) == SMALL.crossfit_folds
+    assert sorted(k for k in tuned if k.startswith("val_crossfit.")) == sorted(keys)
+    assert all(0.0 <= tuned[k] <= 1.0 for k in keys)

@@ -97,3 +97,16 @@ def test_a_two_seed_sweep_reports_the_stage_runs(tiny_data: Path, tmp_path: Path
         assert row["values"] == values and row["mean"] == pytest.approx(np.mean(values))
         assert row["seeds_above"] == sum(v > 0.5 for v in values)
 
+
+
+def test_summary_against_the_baseline_s_cross_fitted_val_figures() -> None:
+    runs = [{"val": {"a": a}} for a in (0.70, 0.74)]
+    plain = S.summarise(runs, {"val.a": 0.75})
+    assert "baseline_crossfit" not in plain["figures"]["a"]
+    assert "mean_above_crossfit_on_every_figure" not in plain
+    out = S.summarise(runs, {"val.a": 0.75, "val_crossfit.a": 0.71})
+    row = out["figures"]["a"]
+    assert row["margin"] == pytest.approx(-0.03) and row["margin_crossfit"] == pytest.approx(0.01)
+    assert (row["seeds_above"], row["seeds_above_crossfit"]) == (0, 1)
+    assert out["mean_above_on_every_figure"] is False
+    assert out["mean_above_crossfit_on_every_figure"] is True

@@ -241,10 +241,12 @@ def match_scores(space: Space, tuples: pl.DataFrame, direction: str) -> np.ndarr
     return np.einsum("nd,nkd->nk", query, cands)
 
 
-def _usable(tuples: pl.DataFrame, space: Space, direction: str) -> pl.DataFrame:
+def _usable(tuples: pl.DataFrame, index: Mapping[str, Mapping[str, int]],
+            direction: str) -> pl.DataFrame:
+    """The ``direction`` tuples whose items all have features (are in ``index``)."""
     q_mod, c_mod = DIRECTIONS[direction]
-    q_ok = pl.col("query_id").is_in(list(space.index[q_mod]))
-    c_ok = pl.col("candidate_ids").list.eval(pl.element().is_in(list(space.index[c_mod]))).list.all()
+    q_ok = pl.col("query_id").is_in(list(index[q_mod]))
+    c_ok = pl.col("candidate_ids").list.eval(pl.element().is_in(list(index[c_mod]))).list.all()
     kept = tuples.filter(q_ok & c_ok)
     if kept.height < tuples.height:
         log.warning("%d %s tuples reference items without features and are skipped",
@@ -276,7 +278,8 @@ def tune(items: dict[str, Items], reduced: Reduced, pairs: tuple[np.ndarray, np.
         space = fit_space(items, reduced, pairs, vd, fd, ridge, comp, w)
         grid.append({"voice_dims": vd, "face_dims": fd, "ridge": ridge, "components": comp,
                      "weight": w,
-                     "val_acc": tune_accuracy(space, {d: _usable(t, space, d) for d, t in val.items()})})
+                     "val_acc": tune_accuracy(space, {d: _usable(t, space.index, d)
+                                                         for d, t in val.items()})})
     best = max(grid, key=lambda g: g["val_acc"])  # first of equals: grid order breaks ties
     return best, grid
 
@@ -308,8 +311,8 @@ def crossfit_val(items: dict[str, Items], reduced: Reduced, pairs: tuple[np.ndar
     folds' (by query identity): ``val_crossfit.<direction>.match.k<k>.<constraint>.acc``, and
     each fold's choice (``crossfit_selected``)."""
     val = tuples.filter(pl.col("split") == "val")
-    val = pl.concat([_usable(val.filter(pl.col("direction") == d), _space_index(items), d)
-                     for d in DIRECTIONS])
+    index = {m: items[m].index() for m in MODALITIES}
+    val = pl.concat([_usable(val.filter(pl.col("direction") == d), index, d) for d in DIRECTIONS])
     owner = query_identity(items, val)
     hits: dict[str, list[np.ndarray]] = {}
     chosen = []
@@ -328,11 +331,6 @@ def crossfit_val(items: dict[str, Items], reduced: Reduced, pairs: tuple[np.ndar
     return {**out, "crossfit_selected": chosen}
 
 
-def _space_index(items: dict[str, Items]) -> Space:
-    """A :class:`Space` holding only the item index (for :func:`_usable`)."""
-    return Space(np.empty((0, 0)), np.empty((0, 0)), {m: items[m].index() for m in MODALITIES})
-
-
 def _ci(values: np.ndarray, clusters: np.ndarray, key: str, cfg: BaselineConfig,
         task: str) -> dict[str, Any]:
     """``key`` and its interval / count keys, named as the evaluate stage names them."""
@@ -346,7 +344,7 @@ def evaluate_matching(space: Space, items: dict[str, Items], tuples: pl.DataFram
     rows = tuples.filter(pl.col("split") == split)
     for (direction, constraint, k), group in sorted(rows.group_by(["direction", "constraint", "k"]),
                                                     key=lambda g: g[0]):
-        group = _usable(group, space, direction)
+        group = _usable(group, space.index, direction)
         if group.height == 0:
             continue
         hits = metrics.match_hits(match_scores(space, group, direction), group["label"].to_numpy())

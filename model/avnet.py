@@ -56,6 +56,7 @@ from model.losses import (
 )
 from model.private import PRIVATE_KINDS, build_private
 from model.vae import FeatureVAE, VAEOutput, reconstruction_loss
+from model.xattr import CrossAttributeRegression
 from pipeline.common.config import ConfigError, build, section
 from pipeline.common.directions import MODALITIES, QUERY_MODALITY
 
@@ -156,6 +157,8 @@ class ModelConfig:
     nce_weight: float = 1.0  # > 0: a cross-modal InfoNCE over the batch's candidates (not in the
     #                          papers), added to Eq. 18 with this weight; 0: Eq. 18 alone
     nce_temperature: float = 0.1
+    xattr_weight: float = 0.0  # > 0: each modality's h regresses its identity's mean private
+    #                            attributes of the other modality (not in the papers; model/xattr.py)
     # -- loss weighting and the papers' ambiguities ------------------------------------------
     loss_weighting: str = "p2vanet"  # p2vanet (Eq. 18) | aml (Eq. 9: beta, gamma)
     aml_weights: str = "iii_g"  # iii_g: {lambda,beta,gamma} = {1,3,2} | iv_g: {1,2,3}
@@ -182,6 +185,8 @@ class ModelConfig:
             raise ConfigError(f"model.match_ks must be positive; got {self.match_ks}")
         if self.eval_voice_crops < 1:
             raise ConfigError(f"model.eval_voice_crops must be >= 1; got {self.eval_voice_crops}")
+        if self.xattr_weight < 0:
+            raise ConfigError(f"model.xattr_weight must be >= 0; got {self.xattr_weight}")
         if self.nce_temperature <= 0:
             raise ConfigError(f"model.nce_temperature must be positive; got {self.nce_temperature}")
         if self.backend_ridge <= 0:
@@ -209,8 +214,8 @@ class ModelConfig:
 
 # Model settings added after checkpoints were first written, with the value a checkpoint that
 # lacks the key was made with: before the CCA back-end, cosine was the plain cosine of h; before
-# the InfoNCE term, there was none.
-CHECKPOINT_PREDATES: dict[str, Any] = {"backend": "none", "nce_weight": 0.0}
+# the InfoNCE term and the cross-modal attribute targets, there were none.
+CHECKPOINT_PREDATES: dict[str, Any] = {"backend": "none", "nce_weight": 0.0, "xattr_weight": 0.0}
 
 
 def view_mean(t: Tensor, views: int, normalize: bool = False) -> Tensor:
@@ -295,7 +300,7 @@ class LearningRates:
 PARAM_GROUP = {"branches": "branches", "generators": "generator", "vaes": "vae",
                "private": "private", "match_head": "heads", "verify_head": "heads",
                "retrieval_head": "heads", "gender_head": "gender", "nation_head": "nation",
-               "identity_head": "heads",
+               "identity_head": "heads", "xattr": "heads",
                "discriminator": "discriminator",
                "backend": "backend"}  # the CCA back-end: buffers only, fitted, never optimised
 
@@ -439,6 +444,8 @@ class AVMatchNet(nn.Module):
         self.gender_head = nn.Linear(d, dims.n_gender) if "gender" in public else None
         self.nation_head = nn.Linear(d, dims.n_nation) if "nation" in public else None
         self.identity_head = nn.Linear(d, dims.n_identity) if cfg.identity_weight > 0 else None
+        self.xattr = (CrossAttributeRegression(d, n_attr, dims.n_identity)
+                      if cfg.xattr_weight > 0 else None)
         self.discriminator = (Discriminator(d, cfg.discriminator_hidden)
                               if cfg.adversarial != "none" else None)
         self.backend = CCABackend(d, cfg.backend_ridge) if cfg.backend == "cca" else None
@@ -561,7 +568,8 @@ class AVMatchNet(nn.Module):
         Keys (only the enabled ones): ``metric``; ``rec`` with ``rec_voice``/``rec_face``
         (P2VANet Eq. 2, 4: summed over a tuple's items, averaged over tuples); ``cls`` with
         ``cls_match``/``cls_verify``/``cls_retrieve``; ``gender``, ``nation`` (Eq. 13-14);
-        ``identity`` and ``nce`` (not in the papers: ``model.identity_weight``, ``nce_weight``);
+        ``identity``, ``nce`` and ``xattr`` (not in the papers: ``model.identity_weight``,
+        ``nce_weight``, ``xattr_weight``);
         ``dis`` (``L_dis`` under the current discriminator) and ``adv`` (the generator's
         adversarial term, ``-L_dis`` by default); ``total``. The discriminator's parameters
         receive no gradient from ``total``.
@@ -596,8 +604,13 @@ class AVMatchNet(nn.Module):
                 out.query, out.candidates, batch[f"{out.query_modality}_identity"][:, 0],
                 batch[f"{out.candidate_modality}_identity"], self.cfg.nce_temperature)
         coef["nce"] = self.cfg.nce_weight
+        if self.xattr is not None:
+            terms["xattr"] = sum(self.xattr.loss(m, out.items[m].h,
+                                                 batch[f"{m}_identity"].reshape(-1))  # (B, n) -> (B*n,)
+                                 for m in MODALITIES)
+        coef["xattr"] = self.cfg.xattr_weight
         total = sum(coef[n] * terms[n] for n in ("metric", "rec", "cls", "gender", "nation",
-                                                 "identity", "nce") if n in terms)
+                                                 "identity", "nce", "xattr") if n in terms)
         if self.discriminator is not None:
             logits = self._discriminate(out.h_all, detach_params=True)  # (B, n, 2)
             terms["dis"] = discriminator_loss(logits, out.modality, self.cfg.adversarial)

@@ -305,6 +305,16 @@ def fit_backend(net: AVMatchNet, data: TrainData, device: torch.device) -> None:
     net.backend.fit_items(emb, identity, video)
 
 
+def set_xattr_targets(net: AVMatchNet, data: TrainData) -> None:
+    """Set the cross-modal attribute targets (``model.xattr_weight``; model/xattr.py) from the
+    train tuples' items: identity-level means of each modality's private attributes."""
+    if net.xattr is None:
+        return
+    banks = data.train.banks
+    net.xattr.set_targets({m: b.attr for m, b in banks.items()},
+                          {m: b.identity for m, b in banks.items()})
+
+
 def validate(net: AVMatchNet, data: TrainData, cfg: TrainConfig, device: torch.device
              ) -> dict[str, float]:
     """Val matching accuracy per direction, constraint and k for every scoring rule, plus the
@@ -441,6 +451,7 @@ def _run(data_dir: Path, out_dir: Path, live_dir: Path, params: Mapping[str, Any
     check_backend_pairs(model_cfg, data)
     dims = InputDims(**data.source.input_dims())
     net = AVMatchNet(model_cfg, dims).to(device)
+    set_xattr_targets(net, data)
     step = wrap_distributed(GeneratorStep(net), dist_info, device)
     gen_opt, disc_opt = make_optimizers(net, cfg)
     ema = make_ema(net, cfg)

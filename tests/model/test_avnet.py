@@ -4,6 +4,7 @@ coverage, scores, config and the timm registry. Tiny input sizes keep it fast.""
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -20,6 +21,7 @@ from model.avnet import (
     view_mean,
 )
 from model.losses import cross_modal_nce_loss
+from model.xattr import identity_targets
 from pipeline.common.config import ConfigError, build
 
 DIMS = InputDims(n_bins=32, frames=24, face_size=16, n_audio_attr=24, n_face_attr=12,
@@ -49,6 +51,7 @@ SWITCHES = {
     "metric_negatives": ["tuple", "batch"],
     "identity_weight": [0.0, 1.0],
     "nce_weight": [0.0, 1.0],
+    "xattr_weight": [0.0, 1.0],
 }
 SETTINGS = [(k, v) for k, values in SWITCHES.items() for v in values]
 
@@ -89,6 +92,15 @@ def make_batch(direction="v2f", b=3, k=2, seed=0) -> dict:
             "label": torch.randint(0, k, (b,), generator=g)}
 
 
+def set_random_xattr_targets(model: AVMatchNet, seed: int = 0) -> dict:
+    """Targets for ``model.xattr`` from random attributes of 10 items over the 5 identities."""
+    rng = np.random.default_rng(seed)
+    attr = {"voice": rng.normal(size=(10, DIMS.n_audio_attr)), "face": rng.random((10, DIMS.n_face_attr))}
+    identity = {m: np.arange(10) % 5 for m in attr}
+    model.xattr.set_targets(attr, identity)
+    return {"attr": attr, "identity": identity}
+
+
 def grad_norm(module) -> float:
     return sum(p.grad.abs().sum().item() for p in module.parameters() if p.grad is not None)
 
@@ -104,6 +116,8 @@ FB_CASES += [("private", "cross_transformer", "v2f"), ("vae", "both", "v2f")]
 def test_forward_backward_every_switch(switch, value, direction):
     model = tiny_model(**{switch: value})
     model.train()
+    if model.xattr is not None:  # the trainer sets its targets from the train items
+        set_random_xattr_targets(model)
     batch = make_batch(direction, k=2 if direction == "v2f" else 3)
     terms = model.generator_losses(batch, LossWeights())
     assert all(torch.isfinite(t) for t in terms.values()), terms
@@ -116,9 +130,10 @@ def test_forward_backward_every_switch(switch, value, direction):
     assert ("dis" in terms and "adv" in terms) == (cfg.adversarial != "none")
     assert ("identity" in terms) == (cfg.identity_weight > 0)
     assert ("nce" in terms) == (cfg.nce_weight > 0)
+    assert ("xattr" in terms) == (cfg.xattr_weight > 0)
     assert {"cls_match", "cls_verify", "cls_retrieve", "cls"} <= set(terms)
     for name in ("branches", "generators", "vaes", "private", "gender_head", "nation_head",
-                 "identity_head"):
+                 "identity_head", "xattr"):
         module = getattr(model, name)
         if module is not None and any(True for _ in module.parameters()):
             assert grad_norm(module) > 0, f"{name} received no gradient"
@@ -167,6 +182,27 @@ def test_nce_term_is_weighted_into_the_total():
     assert terms["total"].item() == pytest.approx(
         (expected + 0.5 * terms["nce"] + terms["adv"]).item(), rel=1e-5)
     assert "nce" not in tiny_model().generator_losses(batch)
+
+
+def test_xattr_term_regresses_the_other_modalitys_identity_targets():
+    model = tiny_model(xattr_weight=0.5)
+    source = set_random_xattr_targets(model)
+    attr, identity = source["attr"], source["identity"]
+    batch = make_batch("v2f", b=3, k=2)
+    out = model.encode(batch)
+    terms = model.generator_losses(batch, LossWeights(), out=out)
+    expected_x = 0.0
+    for m, other in (("voice", "face"), ("face", "voice")):
+        target, _ = identity_targets(attr[other], identity[other], 5)
+        ids = batch[f"{m}_identity"].flatten()  # (B, n) -> (B*n,)
+        pred = model.xattr.heads[m](out.items[m].h)
+        expected_x += ((pred - torch.from_numpy(target).float()[ids]) ** 2).mean()
+    assert terms["xattr"].item() == pytest.approx(float(expected_x), rel=1e-5)
+    coef = LossWeights().coefficients(model.cfg)
+    expected = sum(coef[n] * terms[n] for n in ("metric", "rec", "cls", "gender", "nation"))
+    assert terms["total"].item() == pytest.approx(
+        (expected + 0.5 * terms["xattr"] + terms["adv"]).item(), rel=1e-5)
+    assert tiny_model().xattr is None
 
 
 def test_batch_negatives_reach_other_tuples():

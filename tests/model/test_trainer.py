@@ -207,6 +207,28 @@ def test_the_backend_changes_scores_not_training(trained: tuple[Path, dict], tin
                      for h in plain["history"]]
 
 
+def test_xattr_targets_are_the_train_items_identity_means(tiny_data: Path, tmp_path: Path) -> None:
+    """``model.xattr_weight`` > 0: the run logs the term, and the checkpoint holds each head's
+    targets, the other modality's train items' attributes averaged per identity and
+    standardised (model/xattr.py), so that the reloaded network reproduces them."""
+    from model.data import DataPaths, prepare_training
+    from model.xattr import identity_targets
+    from pipeline.evaluate import load_network
+
+    summary = T.run(tiny_data, tmp_path / "models", tmp_path / "live",
+                    params(model={"xattr_weight": 1.0}, train={"epochs": 1}))
+    assert summary["history"][0]["xattr"] > 0
+    net, _ = load_network(tmp_path / "models" / "best")
+    banks = prepare_training(DataPaths.under(tiny_data), T.TrainConfig(**TINY_TRAIN).data).train.banks
+    for m, other in (("voice", "face"), ("face", "voice")):
+        target, known = identity_targets(banks[other].attr, banks[other].identity,
+                                         net.dims.n_identity)
+        assert known.sum() == len(set(banks[other].identity.tolist()) - {-100}) > 1
+        assert torch.allclose(net.xattr.get_buffer(f"{m}_target"), torch.from_numpy(target).float())
+        assert net.xattr.get_buffer(f"{m}_known").tolist() == known.tolist()
+        assert net.xattr.get_buffer(f"{m}_target").shape[1] == banks[other].attr.shape[1]
+
+
 @pytest.mark.parametrize("decay", [0.99, 0.0])
 def test_validation_scores_the_weight_average(tiny_data: Path, tmp_path: Path,
                                               decay: float) -> None:

@@ -98,7 +98,6 @@ def test_a_two_seed_sweep_reports_the_stage_runs(tiny_data: Path, tmp_path: Path
         assert row["seeds_above"] == sum(v > 0.5 for v in values)
 
 
-
 def test_summary_against_the_baseline_s_cross_fitted_val_figures() -> None:
     runs = [{"val": {"a": a}} for a in (0.70, 0.74)]
     plain = S.summarise(runs, {"val.a": 0.75})
